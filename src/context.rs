@@ -1,0 +1,540 @@
+//! `Context`: the public face of a node in the tree.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::after_func::AfterFunc;
+use crate::canceller::Canceller;
+use crate::done::{Done, Run};
+use crate::error::{Cause, Error};
+use crate::node::{derive_cancel, derive_detached, derive_value, Repr};
+
+/// A node in a cancellation tree: it is done when cancelled, when its
+/// deadline passes, or when its parent is done, and it carries values.
+///
+/// `Context` is cheap to clone (one reference-count increment) and can be sent
+/// anywhere. The roots, [`background`](Context::background) and
+/// [`todo`](Context::todo), are never done and allocate nothing. Every other
+/// context is derived from a parent, with `with_*`, and lives while any of
+/// its clones, its [`Canceller`], a [`Done`] or a [`Run`] of it lives.
+///
+/// # Examples
+///
+/// ```
+/// use ctxtree::{Context, Error};
+///
+/// let root = Context::background();
+/// let (parent, cancel) = root.with_cancel();
+/// let child = parent.with_value(42u32);
+/// assert_eq!(child.value::<u32>(), Some(&42));
+///
+/// cancel.cancel();
+/// assert_eq!(child.err(), Some(Error::Canceled));
+/// assert!(!root.is_done());
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) repr: Repr,
+}
+
+impl Default for Context {
+    /// `Context::default()` is [`Context::background()`].
+    fn default() -> Context {
+        Context::background()
+    }
+}
+
+impl Context {
+    /// `background` returns the root context: never done, no deadline, no
+    /// values, no cause. Its `done()` never resolves. It allocates nothing.
+    ///
+    /// Use it at the top of `main`, of a server, or of a test.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctx = ctxtree::Context::background();
+    /// assert!(!ctx.is_done());
+    /// assert_eq!(ctx.to_string(), "context.Background");
+    /// ```
+    #[doc(alias = "Background")]
+    pub fn background() -> Context {
+        Context {
+            repr: Repr::Background,
+        }
+    }
+
+    /// `todo` is a root like [`background`](Context::background), used where
+    /// the right context is not yet plumbed through. Never done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctx = ctxtree::Context::todo();
+    /// assert_eq!(ctx.to_string(), "context.TODO");
+    /// ```
+    #[doc(alias = "TODO")]
+    pub fn todo() -> Context {
+        Context { repr: Repr::Todo }
+    }
+
+    /// `with_cancel` derives a child that is done when the returned
+    /// [`Canceller`] cancels it or when `self` is done, whichever is first.
+    ///
+    /// If `self` is already done, the child is born done with the same error
+    /// and cause. Dropping the `Canceller` does not cancel; see
+    /// [`Canceller::guard`] for that.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::Context;
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// assert!(!ctx.is_done());
+    /// cancel.cancel();
+    /// assert!(ctx.is_done());
+    /// ```
+    #[doc(alias = "WithCancel")]
+    pub fn with_cancel(&self) -> (Context, Canceller) {
+        let node = derive_cancel(self, None);
+        (
+            Context {
+                repr: Repr::Cancel(node.clone()),
+            },
+            Canceller::new(node),
+        )
+    }
+
+    /// `with_deadline` derives a child that is also done, with
+    /// [`Error::DeadlineExceeded`], once `deadline` passes.
+    ///
+    /// If `self`'s deadline is at or before `deadline`, the child behaves as
+    /// [`with_cancel`](Context::with_cancel) and reports the parent's
+    /// deadline. A deadline already passed gives a child that is done at
+    /// once. Otherwise an `async-io` timer, driven by async-io's own reactor,
+    /// cancels the child when the deadline passes, whether or not anyone polls
+    /// it; cancelling or dropping the child first deregisters that timer.
+    ///
+    /// # Precision
+    ///
+    /// The child may become done a little after `deadline` (timer resolution
+    /// and scheduling), never before.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (ctx, _cancel) = Context::background().with_deadline(Instant::now() + Duration::from_millis(10));
+    /// assert_eq!(ctx.wait(), Error::DeadlineExceeded);
+    /// ```
+    #[doc(alias = "WithDeadline")]
+    pub fn with_deadline(&self, deadline: Instant) -> (Context, Canceller) {
+        self.deadline_child(deadline, None)
+    }
+
+    /// `with_deadline_cause` is [`with_deadline`](Context::with_deadline),
+    /// and when the deadline passes, `cause()` reports `cause`. A cancel
+    /// through the `Canceller` reports its own cause instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Instant;
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let cause = Arc::new(std::io::Error::other("too slow"));
+    /// let (ctx, _cancel) = Context::background().with_deadline_cause(Instant::now(), cause);
+    /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "too slow");
+    /// ```
+    #[doc(alias = "WithDeadlineCause")]
+    pub fn with_deadline_cause(&self, deadline: Instant, cause: Cause) -> (Context, Canceller) {
+        self.deadline_child(deadline, Some(cause))
+    }
+
+    /// `with_timeout` is [`with_deadline`](Context::with_deadline)`(now +
+    /// timeout)`. A timeout so large that `now + timeout` overflows (such as
+    /// `Duration::MAX`) means no deadline, never a panic.
+    ///
+    /// # Precision
+    ///
+    /// As for `with_deadline`: never early, possibly a little late.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::Context;
+    ///
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(5));
+    /// assert!(ctx.deadline().is_some());
+    /// let (forever, _cancel) = Context::background().with_timeout(Duration::MAX);
+    /// assert!(forever.deadline().is_none());
+    /// ```
+    #[doc(alias = "WithTimeout")]
+    #[doc(alias = "timeout")]
+    pub fn with_timeout(&self, timeout: Duration) -> (Context, Canceller) {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.with_deadline(deadline),
+            None => self.with_cancel(),
+        }
+    }
+
+    /// `with_timeout_cause` is [`with_deadline_cause`](Context::with_deadline_cause)`(now +
+    /// timeout, cause)`; overflow means no deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use ctxtree::Context;
+    ///
+    /// let cause = Arc::new(std::io::Error::other("backend too slow"));
+    /// let (ctx, _cancel) = Context::background().with_timeout_cause(Duration::from_millis(5), cause);
+    /// ctx.wait();
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "backend too slow");
+    /// ```
+    #[doc(alias = "WithTimeoutCause")]
+    pub fn with_timeout_cause(&self, timeout: Duration, cause: Cause) -> (Context, Canceller) {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.with_deadline_cause(deadline, cause),
+            None => self.with_cancel(),
+        }
+    }
+
+    fn deadline_child(&self, deadline: Instant, cause: Option<Cause>) -> (Context, Canceller) {
+        let node = derive_cancel(self, Some((deadline, cause)));
+        (
+            Context {
+                repr: Repr::Cancel(node.clone()),
+            },
+            Canceller::new(node),
+        )
+    }
+
+    /// `with_value` derives a child that carries `value`, found by its type
+    /// with [`value`](Context::value). It is done exactly when `self` is.
+    ///
+    /// Use a type of your own (a newtype) as the key, so that crates never
+    /// clash: the nearest value of the same type shadows farther ones.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::Context;
+    ///
+    /// struct RequestId(u64);
+    /// let ctx = Context::background().with_value(RequestId(7));
+    /// assert_eq!(ctx.value::<RequestId>().map(|r| r.0), Some(7));
+    /// ```
+    #[doc(alias = "WithValue")]
+    pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
+        Context {
+            repr: Repr::Value(derive_value(self, value)),
+        }
+    }
+
+    /// `without_cancel` derives a child that keeps `self`'s values but none
+    /// of its cancellation: never done, no deadline, no cause. For work that
+    /// must finish even if the request that started it is cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::Context;
+    ///
+    /// let (ctx, cancel) = Context::background().with_value(1u8).with_cancel();
+    /// let detached = ctx.without_cancel();
+    /// cancel.cancel();
+    /// assert!(!detached.is_done());
+    /// assert_eq!(detached.value::<u8>(), Some(&1));
+    /// ```
+    #[doc(alias = "WithoutCancel")]
+    pub fn without_cancel(&self) -> Context {
+        Context {
+            repr: Repr::Detached(derive_detached(self)),
+        }
+    }
+
+    /// `done` returns a new future that resolves with [`err`](Context::err)
+    /// once this context is done; at once if it already is. It never resolves
+    /// for a context that cannot be cancelled.
+    ///
+    /// [`Done`] is `Unpin` and fused, so it can go straight into
+    /// `futures::select!`. Waiting costs no thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let done = ctx.done();
+    /// cancel.cancel();
+    /// assert_eq!(futures::executor::block_on(done), Error::Canceled);
+    /// ```
+    #[doc(alias = "Done")]
+    pub fn done(&self) -> Done {
+        Done::new(self.repr.anchor().cloned())
+    }
+
+    /// `err` returns `None` while the context is live, and then why it is
+    /// done, forever the same. One atomic load.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// assert_eq!(ctx.err(), None);
+    /// cancel.cancel();
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// ```
+    #[doc(alias = "Err")]
+    #[inline]
+    pub fn err(&self) -> Option<Error> {
+        self.repr.anchor().and_then(|node| node.state.err())
+    }
+
+    /// `is_done` is `err().is_some()`: one atomic load, no lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::Context;
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// cancel.cancel();
+    /// assert!(ctx.is_done());
+    /// ```
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        self.err().is_some()
+    }
+
+    /// `cause` returns `None` while live; then the cause given to
+    /// [`Canceller::cancel_with_cause`] or to a `with_*_cause` deadline, the
+    /// parent's cause if the parent cancelled this context, and otherwise the
+    /// [`Error`] itself, as Go's `context.Cause` does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let child = ctx.with_value(1u8);
+    /// cancel.cancel_with_cause(Arc::new(std::io::Error::other("shutting down")));
+    /// assert_eq!(child.cause().unwrap().to_string(), "shutting down");
+    ///
+    /// let (plain, cancel) = Context::background().with_cancel();
+    /// cancel.cancel();
+    /// assert_eq!(plain.cause().unwrap().downcast_ref::<Error>(), Some(&Error::Canceled));
+    /// ```
+    #[doc(alias = "Cause")]
+    pub fn cause(&self) -> Option<Cause> {
+        let node = self.repr.anchor()?;
+        let err = node.state.err()?;
+        Some(node.state.given_cause().unwrap_or_else(|| Arc::new(err)))
+    }
+
+    /// `deadline` returns the earliest deadline on the path to the root, if
+    /// any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use ctxtree::Context;
+    ///
+    /// let soon = Instant::now() + Duration::from_secs(1);
+    /// let (parent, _c1) = Context::background().with_deadline(soon);
+    /// let (child, _c2) = parent.with_timeout(Duration::from_secs(60));
+    /// assert_eq!(child.deadline(), Some(soon));
+    /// ```
+    #[doc(alias = "Deadline")]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.repr.anchor().and_then(|node| node.deadline())
+    }
+
+    /// `value` finds the nearest value of type `T`, walking towards the root.
+    /// Siblings never see each other's values.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::Context;
+    ///
+    /// let outer = Context::background().with_value("outer");
+    /// let inner = outer.with_value("inner");
+    /// assert_eq!(inner.value::<&str>(), Some(&"inner"));
+    /// assert_eq!(outer.value::<&str>(), Some(&"outer"));
+    /// assert_eq!(outer.value::<u32>(), None);
+    /// ```
+    #[doc(alias = "Value")]
+    pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        let mut cur = self;
+        loop {
+            if let Repr::Value(node) = &cur.repr {
+                if let Some(value) = node.value.downcast_ref::<T>() {
+                    return Some(value);
+                }
+            }
+            cur = cur.repr.parent()?;
+        }
+    }
+
+    /// `after_func` arranges for `f` to run once, after this context is done,
+    /// on the thread that completes the cancellation (for a deadline, the
+    /// `async-io` driver's thread). If the context is already done, `f` runs
+    /// now, on this thread. `f` should be short and must not block.
+    ///
+    /// The returned [`AfterFunc`] can [`stop`](AfterFunc::stop) it. It does
+    /// not keep the context alive: if every handle of the context is dropped
+    /// before it is done, `f` is dropped without running.
+    ///
+    /// # Panics
+    ///
+    /// A panic in `f` does not stop the rest of the tree from being cancelled
+    /// nor the other callbacks from running. The first panic is then resumed
+    /// on the thread that called `cancel()`; on the timer's thread it is
+    /// reported by the panic hook and otherwise swallowed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use ctxtree::Context;
+    ///
+    /// let ran = Arc::new(AtomicBool::new(false));
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let flag = ran.clone();
+    /// let _handle = ctx.after_func(move || flag.store(true, Ordering::SeqCst));
+    /// cancel.cancel();
+    /// assert!(ran.load(Ordering::SeqCst));
+    /// ```
+    #[doc(alias = "AfterFunc")]
+    pub fn after_func<F: FnOnce() + Send + 'static>(&self, f: F) -> AfterFunc {
+        AfterFunc::register(self.repr.anchor(), f)
+    }
+
+    /// `run` races `fut` against this context: `Err(err)` if the context is
+    /// done first (then `fut` is dropped), `Ok(output)` if `fut` finishes
+    /// first. The context is polled first, so a done context never polls
+    /// `fut`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let ok = futures::executor::block_on(ctx.run(async { 7 }));
+    /// assert_eq!(ok, Ok(7));
+    /// cancel.cancel();
+    /// let err = futures::executor::block_on(ctx.run(async { 7 }));
+    /// assert_eq!(err, Err(Error::Canceled));
+    /// ```
+    pub fn run<F: Future>(&self, fut: F) -> Run<F> {
+        Run::new(self.done(), fut)
+    }
+
+    /// `wait` blocks this thread until the context is done and returns
+    /// [`err`](Context::err). For a context that can never be done, it never
+    /// returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// std::thread::spawn(move || cancel.cancel());
+    /// assert_eq!(ctx.wait(), Error::Canceled);
+    /// ```
+    pub fn wait(&self) -> Error {
+        crate::done::wait(self.repr.anchor(), None).unwrap_or(Error::Canceled)
+    }
+
+    /// `wait_timeout` blocks until the context is done or `timeout` has
+    /// elapsed; `None` means the time ran out first. A timeout too large to
+    /// add to now is the same as [`wait`](Context::wait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ctxtree::Context;
+    ///
+    /// let (ctx, _cancel) = Context::background().with_cancel();
+    /// assert_eq!(ctx.wait_timeout(Duration::from_millis(1)), None);
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Error> {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => crate::done::wait(self.repr.anchor(), Some(deadline)),
+            None => Some(self.wait()),
+        }
+    }
+}
+
+/// Prints the path from the root, as Go's `String()` does:
+/// `context.Background.WithCancel.WithValue(u32)`.
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut path = Vec::new();
+        let mut cur = Some(self);
+        while let Some(ctx) = cur {
+            path.push(ctx);
+            cur = ctx.repr.parent();
+        }
+        for ctx in path.iter().rev() {
+            match &ctx.repr {
+                Repr::Background => f.write_str("context.Background")?,
+                Repr::Todo => f.write_str("context.TODO")?,
+                Repr::Cancel(node) => match node.own_deadline() {
+                    None => f.write_str(".WithCancel")?,
+                    Some(when) => write_deadline(f, when)?,
+                },
+                Repr::Value(node) => write!(f, ".WithValue({})", node.type_name)?,
+                Repr::Detached(_) => f.write_str(".WithoutCancel")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Go prints the wall-clock deadline and the time left; an `Instant` has no
+/// wall clock, so we print the time left (negative once passed).
+fn write_deadline(f: &mut fmt::Formatter<'_>, when: Instant) -> fmt::Result {
+    let now = Instant::now();
+    if when >= now {
+        write!(f, ".WithDeadline({:?})", when - now)
+    } else {
+        write!(f, ".WithDeadline(-{:?})", now - when)
+    }
+}
+
+/// The path, as `Display` prints it, and the state: `live` or the error.
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state: &dyn fmt::Display = match self.err() {
+            None => &"live",
+            Some(Error::Canceled) => &"context canceled",
+            Some(Error::DeadlineExceeded) => &"context deadline exceeded",
+        };
+        f.debug_struct("Context")
+            .field("path", &format_args!("{self}"))
+            .field("state", &format_args!("{state}"))
+            .finish()
+    }
+}

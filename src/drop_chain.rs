@@ -1,0 +1,56 @@
+//! Dropping a chain of contexts without recursion.
+//!
+//! Each node owns its parent, so dropping the last handle of a leaf can drop
+//! its parent, which drops its parent, and so on: a million-deep chain would
+//! overflow the stack. Instead, a node hands its parent to [`release`], which
+//! drops it at once unless a release is already running further up this
+//! thread's stack; then it queues it for that outer loop. The stack depth of
+//! any drop is therefore constant.
+
+use std::cell::{Cell, RefCell};
+
+use crate::context::Context;
+use crate::node::Repr;
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
+    static QUEUE: RefCell<Vec<Context>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(loom)]
+loom::thread_local! {
+    static DRAINING: Cell<bool> = Cell::new(false);
+    static QUEUE: RefCell<Vec<Context>> = RefCell::new(Vec::new());
+}
+
+/// Drops `parent`, the parent a node let go of in its own `Drop`.
+pub(crate) fn release(parent: Context) {
+    if matches!(parent.repr, Repr::Background | Repr::Todo) {
+        return;
+    }
+    let Ok(was_draining) = DRAINING.try_with(|d| d.replace(true)) else {
+        // This thread's locals are gone (a context dropped by another
+        // thread-local's destructor): drop directly.
+        drop(parent);
+        return;
+    };
+    if was_draining {
+        // If the queue is gone, the closure is dropped unrun and drops
+        // `parent` directly.
+        let _ = QUEUE.try_with(move |q| q.borrow_mut().push(parent));
+        return;
+    }
+    // Clears the flag even if a value's `Drop` panics below.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = DRAINING.try_with(|d| d.set(false));
+        }
+    }
+    let _reset = Reset;
+    drop(parent);
+    while let Some(next) = QUEUE.with(|q| q.borrow_mut().pop()) {
+        drop(next);
+    }
+}

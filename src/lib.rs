@@ -1,0 +1,91 @@
+//! Go's [`context`](https://pkg.go.dev/context) for async Rust, on no
+//! particular executor: cancellation trees, deadlines and request-scoped
+//! values.
+//!
+//! # The model
+//!
+//! A [`Context`] is a node in a tree. The roots, [`Context::background`] and
+//! [`Context::todo`], are never done. Every other context is derived from a
+//! parent and is *done* once, for the first of these reasons:
+//!
+//! * its [`Canceller`] cancels it ([`Context::with_cancel`]);
+//! * its deadline passes ([`Context::with_deadline`], [`Context::with_timeout`]);
+//!   an `async-io` timer enforces it, so it fires even if nobody polls;
+//! * its parent becomes done: cancellation flows down the whole subtree,
+//!   never up, and reaches every descendant before `cancel()` returns.
+//!
+//! Once done, [`err`](Context::err) says why ([`Error::Canceled`] or
+//! [`Error::DeadlineExceeded`]) and [`cause`](Context::cause) can carry your
+//! own error; neither ever changes again.
+//!
+//! [`with_value`](Context::with_value) attaches a value found by its type,
+//! and [`without_cancel`](Context::without_cancel) keeps the values but not
+//! the cancellation.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ctxtree::{Context, Error};
+//!
+//! struct UserId(u64);
+//!
+//! let root = Context::background();
+//! let (request, cancel) = root.with_timeout(Duration::from_secs(30));
+//! let request = request.with_value(UserId(42));
+//! let (step, _step_cancel) = request.with_cancel();
+//!
+//! assert_eq!(step.value::<UserId>().map(|u| u.0), Some(42));
+//! cancel.cancel();
+//! assert_eq!(step.err(), Some(Error::Canceled));
+//! ```
+//!
+//! # Waiting, on any executor
+//!
+//! [`Context::done`] returns a future built on `event-listener`, so it works
+//! on smol, async-std, tokio, `futures::executor` or any other executor. It is
+//! `Unpin` and fused, so it drops straight into `futures::select!`:
+//!
+//! ```
+//! use futures::{executor::block_on, select, FutureExt};
+//! use ctxtree::Context;
+//!
+//! async fn work() -> u32 { 7 }
+//!
+//! let (ctx, _cancel) = Context::background().with_cancel();
+//! let out = block_on(async {
+//!     select! {
+//!         err = ctx.done() => Err(err),
+//!         n = work().fuse() => Ok(n),
+//!     }
+//! });
+//! assert_eq!(out, Ok(7));
+//! ```
+//!
+//! [`Context::run`] does that race for you, and a plain thread can block with
+//! [`Context::wait`] or [`Context::wait_timeout`].
+//!
+//! # Rules of use
+//!
+//! As in Go: pass a `Context` explicitly to the functions that need it; do
+//! not store it in long-lived structs; cancel what you derive as soon as the
+//! work is over (a [`CancelGuard`] makes that automatic). Unlike Go, a
+//! forgotten cancel leaks nothing: a child that nothing can observe any more
+//! leaves its parent at once.
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod after_func;
+mod canceller;
+mod context;
+mod done;
+mod drop_chain;
+mod error;
+mod node;
+mod raw;
+mod sync;
+
+pub use after_func::AfterFunc;
+pub use canceller::{CancelGuard, Canceller};
+pub use context::Context;
+pub use done::{Done, Run};
+pub use error::{Cause, Error};

@@ -1,0 +1,394 @@
+//! The tree: cancellable nodes, value nodes, detached nodes, and the walk
+//! that cancels a subtree.
+//!
+//! # Invariants
+//!
+//! 1. A node's state (`StateCell`) goes from live to done at most once, by one
+//!    compare-and-swap; the winner of that CAS, and only it, walks the node's
+//!    children and takes its callbacks.
+//! 2. A cancellable node is linked into the child list of its *link parent*
+//!    (the nearest cancellable ancestor, through value nodes) if and only if
+//!    the link parent was live when the node was derived, and it stays linked
+//!    until the link parent drains it (cancel), it unlinks itself (own cancel
+//!    or drop). See `raw.rs` L1/L2 for what the list relies on.
+//! 3. Every node holds a strong reference to the context it was derived from,
+//!    so ancestors outlive descendants; a parent holds only weak references
+//!    to its children, so a child lives exactly as long as its handles.
+//! 4. The state check and the link happen under the link parent's lock, and
+//!    a canceller marks the parent done *before* taking that lock to drain
+//!    it, so a child derived concurrently is either drained or born done.
+//!
+//! # Deadlock safety
+//!
+//! There is one kind of lock per node (`inner`) plus a leaf lock per deadline
+//! timer. At most one node lock is held at a time, never while user code
+//! runs (callbacks, value drops, wakers), and never while dropping an
+//! `Arc<CancelNode>` (whose `Drop` takes its link parent's lock). Callbacks run
+//! after the whole walk, with no lock held, so a callback may cancel, derive
+//! or drop anything in the tree.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Poll, Wake, Waker};
+use std::time::Instant;
+
+use async_io::Timer;
+use event_listener::Event;
+
+use crate::after_func::Callback;
+use crate::context::Context;
+use crate::drop_chain::release;
+use crate::error::{Cause, Error};
+use crate::raw::{ChildList, Links, StateCell};
+use crate::sync::{lock, Mutex};
+
+/// A panic caught in a callback, to be resumed by the thread that cancelled.
+pub(crate) type Panic = Box<dyn Any + Send + 'static>;
+
+/// What a `Context` points at. The roots need no allocation.
+#[derive(Clone)]
+pub(crate) enum Repr {
+    Background,
+    Todo,
+    Cancel(Arc<CancelNode>),
+    Value(Arc<ValueNode>),
+    Detached(Arc<DetachedNode>),
+}
+
+impl Repr {
+    /// The nearest cancellable node at or above this one, if any.
+    #[inline]
+    pub(crate) fn anchor(&self) -> Option<&Arc<CancelNode>> {
+        match self {
+            Repr::Cancel(node) => Some(node),
+            Repr::Value(node) => node.anchor.as_ref(),
+            Repr::Background | Repr::Todo | Repr::Detached(_) => None,
+        }
+    }
+
+    /// The context this one was derived from; `None` for the roots.
+    pub(crate) fn parent(&self) -> Option<&Context> {
+        match self {
+            Repr::Background | Repr::Todo => None,
+            Repr::Cancel(node) => node.parent.as_ref(),
+            Repr::Value(node) => node.parent.as_ref(),
+            Repr::Detached(node) => node.parent.as_ref(),
+        }
+    }
+}
+
+/// A node that can be cancelled: by its `Canceller`, its deadline, or its
+/// link parent.
+pub(crate) struct CancelNode {
+    parent: Option<Context>,
+    pub(crate) state: StateCell,
+    /// Notified once, with every listener, when the node becomes done.
+    pub(crate) event: Event,
+    /// This node's place in its link parent's list (invariant 2).
+    links: Links,
+    inner: Mutex<Inner>,
+    /// The earliest deadline on the path to the root.
+    deadline: Option<Instant>,
+    /// This node's own deadline, if it has one earlier than its parent's.
+    timer: Option<Arc<DeadlineTimer>>,
+}
+
+struct Inner {
+    children: ChildList,
+    callbacks: Vec<Arc<dyn Callback>>,
+}
+
+/// A context that carries one value and no cancellation state of its own.
+pub(crate) struct ValueNode<V: ?Sized = dyn Any + Send + Sync> {
+    parent: Option<Context>,
+    anchor: Option<Arc<CancelNode>>,
+    pub(crate) type_name: &'static str,
+    pub(crate) value: V,
+}
+
+/// `without_cancel()`: keeps the parent for its values, nothing else.
+pub(crate) struct DetachedNode {
+    parent: Option<Context>,
+}
+
+/// A deadline, and the `async-io` timer that enforces it. It is its own
+/// waker, so the reactor cancels the node with nobody polling; it holds the
+/// node weakly, so a pending timer never keeps a dropped node alive.
+pub(crate) struct DeadlineTimer {
+    node: Weak<CancelNode>,
+    pub(crate) when: Instant,
+    cause: Option<Cause>,
+    timer: Mutex<Option<Timer>>,
+}
+
+/// The work list of one cancellation: nodes still to finish, and the
+/// callbacks to run once every node is done.
+struct Walk {
+    stack: Vec<Arc<CancelNode>>,
+    callbacks: Vec<Arc<dyn Callback>>,
+}
+
+/// Derives a cancellable child of `parent`, with its own deadline if `own`
+/// is earlier than the parent's.
+pub(crate) fn derive_cancel(parent: &Context, own: Option<(Instant, Option<Cause>)>) -> Arc<CancelNode> {
+    let parent_deadline = parent.deadline();
+    let own = own.filter(|(when, _)| parent_deadline.map_or(true, |p| *when < p));
+    let deadline = own.as_ref().map(|(when, _)| *when).or(parent_deadline);
+    let make = |timer: Option<Arc<DeadlineTimer>>| CancelNode {
+        parent: Some(parent.clone()),
+        state: StateCell::new(),
+        event: Event::new(),
+        links: Links::new(),
+        inner: Mutex::new(Inner {
+            children: ChildList::new(),
+            callbacks: Vec::new(),
+        }),
+        deadline,
+        timer,
+    };
+    let node = match own {
+        None => Arc::new(make(None)),
+        Some((when, cause)) => Arc::new_cyclic(|weak| {
+            make(Some(Arc::new(DeadlineTimer {
+                node: weak.clone(),
+                when,
+                cause,
+                timer: Mutex::new(None),
+            })))
+        }),
+    };
+    if let Some(anchor) = parent.repr.anchor() {
+        // Invariant 4: check and link under the link parent's lock.
+        let mut inner = lock(&anchor.inner);
+        match anchor.state.err() {
+            None => inner.children.push(&node),
+            Some(err) => {
+                drop(inner);
+                node.state.finish(err, anchor.state.given_cause());
+            }
+        }
+    }
+    if let Some(timer) = &node.timer {
+        if node.state.err().is_none() {
+            timer.arm();
+        }
+    }
+    node
+}
+
+/// Derives a value node below `parent`.
+pub(crate) fn derive_value<T: Send + Sync + 'static>(parent: &Context, value: T) -> Arc<ValueNode> {
+    Arc::new(ValueNode {
+        parent: Some(parent.clone()),
+        anchor: parent.repr.anchor().cloned(),
+        type_name: std::any::type_name::<T>(),
+        value,
+    })
+}
+
+/// Derives a node that keeps `parent`'s values and none of its cancellation.
+pub(crate) fn derive_detached(parent: &Context) -> Arc<DetachedNode> {
+    Arc::new(DetachedNode {
+        parent: Some(parent.clone()),
+    })
+}
+
+impl CancelNode {
+    #[inline]
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub(crate) fn own_deadline(&self) -> Option<Instant> {
+        self.timer.as_ref().map(|t| t.when)
+    }
+
+    pub(crate) fn links(&self) -> &Links {
+        &self.links
+    }
+
+    fn link_parent(&self) -> Option<&Arc<CancelNode>> {
+        self.parent.as_ref()?.repr.anchor()
+    }
+
+    /// Cancels this node and its subtree with `err` and `cause`, unless it is
+    /// already done (then returns at once: invariant 1). Iterative, so depth
+    /// costs heap, not stack. Returns the first panic of a callback.
+    pub(crate) fn cancel(self: &Arc<Self>, err: Error, cause: Option<Cause>) -> Option<Panic> {
+        let listened = self.state.finish(err, cause.clone())?;
+        let mut walk = Walk {
+            stack: Vec::new(),
+            callbacks: Vec::new(),
+        };
+        self.finish(listened, &mut walk);
+        // A node cancelled on its own leaves its parent's list now, as in Go,
+        // so a long-lived parent does not keep a list of dead children.
+        if let Some(link_parent) = self.link_parent() {
+            lock(&link_parent.inner).children.unlink(self);
+        }
+        while let Some(child) = walk.stack.pop() {
+            if let Some(listened) = child.state.finish(err, cause.clone()) {
+                child.finish(listened, &mut walk);
+            }
+            // Dropping `child` may run its `Drop`, which locks this walk's
+            // nodes; we hold no lock here.
+        }
+        run_callbacks(walk.callbacks)
+    }
+
+    /// The winner's work on one node (invariant 1): wake its waiters, take
+    /// its children and callbacks, stop its timer.
+    fn finish(&self, listened: bool, walk: &mut Walk) {
+        if listened {
+            self.event.notify(usize::MAX);
+        }
+        {
+            let mut inner = lock(&self.inner);
+            inner.children.drain_into(&mut walk.stack);
+            walk.callbacks.append(&mut inner.callbacks);
+        }
+        if let Some(timer) = &self.timer {
+            timer.disarm();
+        }
+    }
+
+    /// Registers `callback` to run when the node is done. Returns it back if
+    /// the node is already done, for the caller to run at once.
+    pub(crate) fn add_callback(&self, callback: Arc<dyn Callback>) -> Option<Arc<dyn Callback>> {
+        let mut inner = lock(&self.inner);
+        // Under the lock: a canceller marks the state before draining, so a
+        // callback pushed here while live is always taken (invariant 4).
+        if self.state.err().is_some() {
+            return Some(callback);
+        }
+        inner.callbacks.push(callback);
+        None
+    }
+
+    /// Forgets a stopped callback, so that registering and stopping in a loop
+    /// does not grow a long-lived node.
+    pub(crate) fn remove_callback(&self, callback: &Arc<dyn Callback>) {
+        let target = Arc::as_ptr(callback) as *const ();
+        let removed = {
+            let mut inner = lock(&self.inner);
+            let pos = inner
+                .callbacks
+                .iter()
+                .position(|c| Arc::as_ptr(c) as *const () == target);
+            pos.map(|i| inner.callbacks.swap_remove(i))
+        };
+        drop(removed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn has_children(&self) -> bool {
+        !lock(&self.inner).children.is_empty()
+    }
+}
+
+fn run_callbacks(callbacks: Vec<Arc<dyn Callback>>) -> Option<Panic> {
+    let mut first = None;
+    for callback in callbacks {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback.run()));
+        if let Err(panic) = result {
+            first.get_or_insert(panic);
+        }
+    }
+    first
+}
+
+impl Drop for CancelNode {
+    fn drop(&mut self) {
+        // Invariant 2: leave the link parent's list before any field goes.
+        if let Some(link_parent) = self.link_parent() {
+            lock(&link_parent.inner).children.unlink(self);
+        }
+        let callbacks = std::mem::take(&mut lock(&self.inner).callbacks);
+        for callback in callbacks {
+            callback.discard();
+        }
+        if let Some(timer) = &self.timer {
+            timer.disarm();
+        }
+        if let Some(parent) = self.parent.take() {
+            release(parent);
+        }
+    }
+}
+
+impl<V: ?Sized> Drop for ValueNode<V> {
+    fn drop(&mut self) {
+        // Not the last reference to the anchor: `parent` still holds it.
+        self.anchor = None;
+        if let Some(parent) = self.parent.take() {
+            release(parent);
+        }
+    }
+}
+
+impl Drop for DetachedNode {
+    fn drop(&mut self) {
+        if let Some(parent) = self.parent.take() {
+            release(parent);
+        }
+    }
+}
+
+impl DeadlineTimer {
+    /// Registers the timer with the reactor, or cancels now if the deadline
+    /// has already passed.
+    fn arm(self: &Arc<Self>) {
+        let mut slot = lock(&self.timer);
+        let mut timer = Timer::at(self.when);
+        let waker = Waker::from(Arc::clone(self));
+        let mut cx = std::task::Context::from_waker(&waker);
+        match Pin::new(&mut timer).poll(&mut cx) {
+            Poll::Pending => *slot = Some(timer),
+            Poll::Ready(_) => {
+                drop(slot);
+                self.expire();
+            }
+        }
+    }
+
+    /// Deregisters the timer from the reactor (dropping an `async_io::Timer`
+    /// does that) and breaks the timer → waker → self cycle.
+    fn disarm(&self) {
+        let timer = lock(&self.timer).take();
+        drop(timer);
+    }
+
+    fn expire(&self) {
+        if let Some(node) = self.node.upgrade() {
+            // On the reactor's thread there is nobody to resume a callback's
+            // panic to; the panic hook has already reported it.
+            drop(node.cancel(Error::DeadlineExceeded, self.cause.clone()));
+        }
+    }
+}
+
+impl Wake for DeadlineTimer {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if Instant::now() >= self.when {
+            self.expire();
+            return;
+        }
+        // Woken early (the reactor never does this, but a waker may be
+        // woken by anyone): poll again to stay registered.
+        let mut slot = lock(&self.timer);
+        if let Some(timer) = slot.as_mut() {
+            let waker = Waker::from(Arc::clone(self));
+            let mut cx = std::task::Context::from_waker(&waker);
+            if Pin::new(timer).poll(&mut cx).is_ready() {
+                drop(slot);
+                self.expire();
+            }
+        }
+    }
+}

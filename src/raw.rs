@@ -1,0 +1,252 @@
+//! Every `unsafe` block of the crate lives here: the node state word (which
+//! owns a heap record for the cause) and the intrusive child list.
+//!
+//! Both expose safe methods. Their soundness rests on two invariants that the
+//! tree module (`node.rs`) upholds and cites:
+//!
+//! * **L1**: a node's [`Links`] are read or written only while the lock of
+//!   the [`ChildList`] it is linked into (its *link parent*) is held, and a
+//!   node is pushed into at most one list in its life.
+//! * **L2**: every pointer in a list was made by `Weak::into_raw` and owns
+//!   that weak count, which it gives back exactly once: when it is unlinked
+//!   or drained.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::{Arc, Weak};
+
+use crate::error::{Cause, Error};
+use crate::node::CancelNode;
+use crate::sync::{AtomicUsize, Ordering};
+
+/// Set once some `Done` or waiter has registered a listener on the node's
+/// event, so that `cancel` only pays for a `notify` when somebody listens.
+const LISTENED: usize = 0b0001;
+const CANCELED: usize = 0b0010;
+const DEADLINE: usize = 0b0100;
+const KIND: usize = CANCELED | DEADLINE;
+const RECORD: usize = !0b1111;
+
+/// The cause of a finished node, on the heap so that its address fits in the
+/// state word next to the flag bits (hence the alignment of 16).
+#[repr(align(16))]
+struct CauseRecord(Cause);
+
+/// A node's state in one word: live or done, which error, the cause record,
+/// and whether anyone listens. One compare-and-swap decides the first reason,
+/// so `err()` and `cause()` can never disagree or change afterwards.
+pub(crate) struct StateCell {
+    word: AtomicUsize,
+}
+
+impl StateCell {
+    pub(crate) fn new() -> StateCell {
+        StateCell {
+            word: AtomicUsize::new(0),
+        }
+    }
+
+    /// Moves the node from live to done with `err` and `cause`. Returns
+    /// `None` if it was already done (the first reason stays), otherwise
+    /// whether a listener had registered and must be notified.
+    pub(crate) fn finish(&self, err: Error, cause: Option<Cause>) -> Option<bool> {
+        let record = match cause {
+            Some(cause) => Box::into_raw(Box::new(CauseRecord(cause))) as usize,
+            None => 0,
+        };
+        let kind = match err {
+            Error::Canceled => CANCELED,
+            Error::DeadlineExceeded => DEADLINE,
+        };
+        let mut current = self.word.load(Ordering::Acquire);
+        loop {
+            if current & KIND != 0 {
+                if record != 0 {
+                    // SAFETY: `record` came from `Box::into_raw` above and was
+                    // never published, so this is its only owner.
+                    drop(unsafe { Box::from_raw(record as *mut CauseRecord) });
+                }
+                return None;
+            }
+            // AcqRel: pairs with `mark_listened` (see `Done::poll`) so that a
+            // listener registered before its flag is seen by our notify.
+            match self.word.compare_exchange_weak(
+                current,
+                record | kind | (current & LISTENED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(current & LISTENED != 0),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Records that a listener is registered; returns the error if the node
+    /// is already done, in which case that listener need not wait.
+    pub(crate) fn mark_listened(&self) -> Option<Error> {
+        decode(self.word.fetch_or(LISTENED, Ordering::AcqRel))
+    }
+
+    /// One `Acquire` load.
+    #[inline]
+    pub(crate) fn err(&self) -> Option<Error> {
+        decode(self.word.load(Ordering::Acquire))
+    }
+
+    /// The cause given when the node finished, if one was.
+    pub(crate) fn given_cause(&self) -> Option<Cause> {
+        let record = self.word.load(Ordering::Acquire) & RECORD;
+        if record == 0 {
+            return None;
+        }
+        // SAFETY: a non-zero record address was published by the successful
+        // CAS in `finish` (the Acquire load synchronizes with it) and is only
+        // freed in `drop`, which cannot run while `&self` is alive.
+        let record = unsafe { &*(record as *const CauseRecord) };
+        Some(record.0.clone())
+    }
+}
+
+#[inline]
+fn decode(word: usize) -> Option<Error> {
+    match word & KIND {
+        0 => None,
+        CANCELED => Some(Error::Canceled),
+        _ => Some(Error::DeadlineExceeded),
+    }
+}
+
+impl Drop for StateCell {
+    fn drop(&mut self) {
+        #[cfg(not(loom))]
+        let record = *self.word.get_mut() & RECORD;
+        #[cfg(loom)]
+        let record = self.word.with_mut(|w| *w) & RECORD;
+        if record != 0 {
+            // SAFETY: the record was made by `Box::into_raw` in `finish`, is
+            // owned by this cell alone, and `&mut self` means nobody reads it.
+            drop(unsafe { Box::from_raw(record as *mut CauseRecord) });
+        }
+    }
+}
+
+/// A node's place in its link parent's child list. Guarded by invariant L1.
+pub(crate) struct Links {
+    prev: Cell<*const CancelNode>,
+    next: Cell<*const CancelNode>,
+    linked: Cell<bool>,
+}
+
+impl Links {
+    pub(crate) fn new() -> Links {
+        Links {
+            prev: Cell::new(ptr::null()),
+            next: Cell::new(ptr::null()),
+            linked: Cell::new(false),
+        }
+    }
+}
+
+// SAFETY: the cells are only touched under the link parent's lock (L1), so
+// sharing `Links` between threads never races.
+unsafe impl Sync for Links {}
+// SAFETY: the raw pointers are plain addresses guarded by L1 and L2; moving
+// them to another thread is harmless.
+unsafe impl Send for Links {}
+
+/// The intrusive list of a node's live children. Lives inside the node's
+/// mutex, so `&mut ChildList` means that lock is held (L1).
+pub(crate) struct ChildList {
+    head: *const CancelNode,
+}
+
+// SAFETY: the list is only reached through its owner's mutex; the pointers it
+// holds are weak references (L2), which may move between threads.
+unsafe impl Send for ChildList {}
+
+impl ChildList {
+    pub(crate) fn new() -> ChildList {
+        ChildList { head: ptr::null() }
+    }
+
+    /// Links `child` at the front, holding a weak reference to it (L2), so a
+    /// parent never keeps a child alive. No allocation.
+    pub(crate) fn push(&mut self, child: &Arc<CancelNode>) {
+        let raw = Weak::into_raw(Arc::downgrade(child));
+        let links = child.links();
+        debug_assert!(!links.linked.get());
+        links.prev.set(ptr::null());
+        links.next.set(self.head);
+        links.linked.set(true);
+        if !self.head.is_null() {
+            // SAFETY: `head` is linked in this list, so its weak count (L2)
+            // keeps its memory alive, and we hold the lock (L1).
+            unsafe { (*self.head).links().prev.set(raw) };
+        }
+        self.head = raw;
+    }
+
+    /// Unlinks `child` in O(1) if it is still linked here, and gives back the
+    /// list's weak reference. The caller passes a child whose link parent
+    /// owns this list (L1).
+    pub(crate) fn unlink(&mut self, child: &CancelNode) {
+        let links = child.links();
+        if !links.linked.get() {
+            return;
+        }
+        let prev = links.prev.get();
+        let next = links.next.get();
+        // The pointer `push` made, read back from the list so that it keeps
+        // the provenance of the whole allocation that `Weak::from_raw` needs.
+        let raw = if prev.is_null() {
+            std::mem::replace(&mut self.head, next)
+        } else {
+            // SAFETY: `prev` is linked in this list (weak count alive, L2) and
+            // we hold the lock (L1).
+            let prev_links = unsafe { (*prev).links() };
+            prev_links.next.replace(next)
+        };
+        debug_assert!(ptr::eq(raw, child));
+        if !next.is_null() {
+            // SAFETY: as for `prev`.
+            unsafe { (*next).links().prev.set(prev) };
+        }
+        links.linked.set(false);
+        // SAFETY: `raw` is the pointer `push` made with `Weak::into_raw`; this
+        // gives its weak count back, once, as it leaves the list (L2).
+        drop(unsafe { Weak::from_raw(raw) });
+    }
+
+    /// Empties the list, pushing every child that is still alive onto `out`.
+    /// A child whose last handle is being dropped right now is skipped: its
+    /// own drop finds itself unlinked.
+    pub(crate) fn drain_into(&mut self, out: &mut Vec<Arc<CancelNode>>) {
+        let mut cur = std::mem::replace(&mut self.head, ptr::null());
+        while !cur.is_null() {
+            // SAFETY: `cur` is linked in this list, so it owns a weak count
+            // (L2) that keeps the memory valid; we hold the lock (L1). Taking
+            // the `Weak` back transfers that count to `weak`, released below.
+            let weak = unsafe { Weak::from_raw(cur) };
+            let links = weak_links(&weak);
+            let next = links.next.get();
+            links.linked.set(false);
+            if let Some(child) = weak.upgrade() {
+                out.push(child);
+            }
+            drop(weak);
+            cur = next;
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+}
+
+fn weak_links(weak: &Weak<CancelNode>) -> &Links {
+    // SAFETY: the weak count held by `weak` keeps the allocation, and the
+    // node's fields are not dropped before it unlinks itself under the lock we
+    // hold (L1), so the `Links` are valid for as long as `weak` is borrowed.
+    unsafe { (*weak.as_ptr()).links() }
+}
