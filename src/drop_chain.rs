@@ -50,7 +50,7 @@ pub(crate) fn release(parent: Context) {
     }
     let _reset = Reset;
     drop(parent);
-    while let Some(next) = QUEUE.with(|q| q.borrow_mut().pop()) {
+    while let Some(next) = QUEUE.try_with(|q| q.borrow_mut().pop()).ok().flatten() {
         drop(next);
     }
 }

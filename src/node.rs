@@ -34,7 +34,6 @@ use std::sync::{Arc, Weak};
 use std::task::{Poll, Wake, Waker};
 use std::time::Instant;
 
-use async_io::Timer;
 use event_listener::Event;
 
 use crate::after_func::Callback;
@@ -42,7 +41,7 @@ use crate::context::Context;
 use crate::drop_chain::release;
 use crate::error::{Cause, Error};
 use crate::raw::{ChildList, Links, StateCell};
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, Mutex, Timer};
 
 /// A panic caught in a callback, to be resumed by the thread that cancelled.
 pub(crate) type Panic = Box<dyn Any + Send + 'static>;

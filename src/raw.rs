@@ -121,8 +121,11 @@ impl Drop for StateCell {
     fn drop(&mut self) {
         #[cfg(not(loom))]
         let record = *self.word.get_mut() & RECORD;
+        // Loom cannot see the happens-before that `Arc`'s own count gives
+        // the last drop (std's atomics are invisible to it), so an unsynced
+        // `with_mut` would be a false alarm; a load is what loom can check.
         #[cfg(loom)]
-        let record = self.word.with_mut(|w| *w) & RECORD;
+        let record = self.word.load(Ordering::Acquire) & RECORD;
         if record != 0 {
             // SAFETY: the record was made by `Box::into_raw` in `finish`, is
             // owned by this cell alone, and `&mut self` means nobody reads it.

@@ -25,3 +25,43 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         Err(poisoned) => poisoned.into_inner(),
     }
 }
+
+#[cfg(not(loom))]
+pub(crate) use async_io::Timer;
+
+#[cfg(loom)]
+pub(crate) use loom_timer::Timer;
+
+/// Under loom, async-io does not build (see Cargo.toml), and its reactor
+/// thread could not be modelled anyway. This stand-in is ready once its
+/// instant has passed and otherwise never wakes: the loom models use no
+/// deadlines, and a firing deadline takes the same `cancel` path they do check.
+#[cfg(loom)]
+mod loom_timer {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Instant;
+
+    pub(crate) struct Timer {
+        when: Instant,
+    }
+
+    impl Timer {
+        pub(crate) fn at(when: Instant) -> Timer {
+            Timer { when }
+        }
+    }
+
+    impl Future for Timer {
+        type Output = Instant;
+
+        fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Instant> {
+            if Instant::now() >= self.when {
+                Poll::Ready(self.when)
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+}

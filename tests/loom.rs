@@ -1,0 +1,135 @@
+//! Loom models of the races that matter: every interleaving of the node
+//! state machine, the child list locks and event-listener's internals.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom`.
+//!
+//! Loom cannot see the reference count of `std::sync::Arc` (loom's own `Arc`
+//! has no `Weak`, which the child list needs), so it cannot see that the
+//! last drop of a node happens after every other thread's use of it. Where a
+//! model would otherwise free a node on a spawned thread, the main thread
+//! keeps a handle until the threads are joined. Frees on real threads are
+//! checked by `tests/stress.rs` under valgrind instead.
+#![cfg(loom)]
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ctxtree::{Cause, Context, Error};
+use loom::thread;
+
+fn cause(msg: &'static str) -> Cause {
+    Arc::new(io::Error::other(msg))
+}
+
+/// Checks `f` under every interleaving loom explores (bounded so the suite
+/// stays within minutes), and asserts that it explored more than one: a model
+/// that never branches proves nothing.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    let runs = runs.load(Ordering::Relaxed);
+    println!("loom model {name}: {runs} interleavings explored");
+    assert!(runs > 1, "{name}: loom explored a single interleaving");
+}
+
+/// A waiter registering on `done()` while another thread cancels: the
+/// waiter must wake (a lost wakeup shows up as a loom deadlock).
+#[test]
+fn cancel_races_done_registration() {
+    model("cancel_races_done_registration", || {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let keep = ctx.clone();
+        let waiter = thread::spawn(move || loom::future::block_on(ctx.done()));
+        let canceller = thread::spawn(move || cancel.cancel());
+        canceller.join().unwrap();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+        drop(keep);
+    });
+}
+
+/// Deriving a child while the parent is cancelled: the child always ends up
+/// done, either drained by the walk or born done.
+#[test]
+fn cancel_races_derive() {
+    model("cancel_races_derive", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let p = parent.clone();
+        let deriver = thread::spawn(move || {
+            let (child, _c) = p.with_value(1u8).with_cancel();
+            child
+        });
+        let canceller = thread::spawn(move || cancel.cancel());
+        canceller.join().unwrap();
+        let child = deriver.join().unwrap();
+        assert_eq!(child.err(), Some(Error::Canceled));
+        assert!(parent.is_done());
+    });
+}
+
+/// A child dropping its last handles while the parent is cancelled: no use
+/// after free, no double unlink, and the parent's list ends empty (a later
+/// child links and unlinks cleanly).
+#[test]
+fn cancel_races_child_drop() {
+    model("cancel_races_child_drop", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, child_cancel) = parent.with_cancel();
+        let (grandchild, _g) = child.with_cancel();
+        let dropper = thread::spawn(move || {
+            drop(child);
+            drop(child_cancel);
+        });
+        let canceller = thread::spawn(move || cancel.cancel());
+        dropper.join().unwrap();
+        canceller.join().unwrap();
+        assert_eq!(grandchild.err(), Some(Error::Canceled));
+        let (late, _l) = parent.with_cancel();
+        assert!(late.is_done());
+    });
+}
+
+/// Two cancels with different causes: exactly one cause wins, and every
+/// descendant reports that same one.
+#[test]
+fn racing_causes_agree() {
+    model("racing_causes_agree", || {
+        let (root, cancel) = Context::background().with_cancel();
+        let (child, _c) = root.with_value(7u8).with_cancel();
+        let other = cancel.clone();
+        let a = thread::spawn(move || cancel.cancel_with_cause(cause("a")));
+        let b = thread::spawn(move || other.cancel_with_cause(cause("b")));
+        a.join().unwrap();
+        b.join().unwrap();
+        let root_cause = root.cause().unwrap().to_string();
+        assert!(root_cause == "a" || root_cause == "b");
+        assert_eq!(child.cause().unwrap().to_string(), root_cause);
+    });
+}
+
+/// `after_func` racing `stop()` and the cancel: the callback runs at most
+/// once, and `stop()` returns `true` exactly when it did not run.
+#[test]
+fn after_func_races_stop_and_cancel() {
+    model("after_func_races_stop_and_cancel", || {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (ctx, cancel) = Context::background().with_cancel();
+        let counter = ran.clone();
+        let handle = ctx.after_func(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let stopper = thread::spawn(move || handle.stop());
+        let canceller = thread::spawn(move || cancel.cancel());
+        canceller.join().unwrap();
+        let stopped = stopper.join().unwrap();
+        let runs = ran.load(Ordering::SeqCst);
+        assert!(runs <= 1);
+        assert_eq!(stopped, runs == 0);
+    });
+}
