@@ -41,7 +41,7 @@ use crate::context::Context;
 use crate::drop_chain::release;
 use crate::error::{Cause, Error};
 use crate::raw::{ChildList, Links, StateCell};
-use crate::sync::{lock, Mutex, Timer};
+use crate::sync::{get_mut, lock, Mutex, Timer};
 
 /// A panic caught in a callback, to be resumed by the thread that cancelled.
 pub(crate) type Panic = Box<dyn Any + Send + 'static>;
@@ -280,11 +280,6 @@ impl CancelNode {
         };
         drop(removed);
     }
-
-    #[cfg(test)]
-    pub(crate) fn has_children(&self) -> bool {
-        !lock(&self.inner).children.is_empty()
-    }
 }
 
 fn run_callbacks(callbacks: Vec<Arc<dyn Callback>>) -> Option<Panic> {
@@ -304,7 +299,11 @@ impl Drop for CancelNode {
         if let Some(link_parent) = self.link_parent() {
             lock(&link_parent.inner).children.unlink(self);
         }
-        let callbacks = std::mem::take(&mut lock(&self.inner).callbacks);
+        // `&mut self`: nobody else can reach the node, so no lock.
+        let inner = get_mut(&mut self.inner);
+        // Invariant 3: every child holds this node alive, so none is left.
+        debug_assert!(inner.children.is_empty());
+        let callbacks = std::mem::take(&mut inner.callbacks);
         for callback in callbacks {
             callback.discard();
         }

@@ -16,6 +16,14 @@ pub(crate) use loom::sync::{
     Mutex, MutexGuard,
 };
 
+/// The data of a mutex we own exclusively: no locking needed.
+pub(crate) fn get_mut<T>(mutex: &mut Mutex<T>) -> &mut T {
+    match mutex.get_mut() {
+        Ok(data) => data,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// Locks `mutex`, ignoring poison: no user code ever runs under our locks, so
 /// a poisoned lock can only come from an allocation failure, and the data it
 /// guards is still consistent.
