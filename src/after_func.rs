@@ -85,7 +85,10 @@ pub struct AfterFunc {
 }
 
 impl AfterFunc {
-    pub(crate) fn register<F: FnOnce() + Send + 'static>(node: Option<&Arc<CancelNode>>, f: F) -> AfterFunc {
+    pub(crate) fn register<F: FnOnce() + Send + 'static>(
+        node: Option<&Arc<CancelNode>>,
+        f: F,
+    ) -> AfterFunc {
         let slot: Arc<dyn Callback> = Arc::new(Slot {
             state: AtomicU8::new(PENDING),
             f: Mutex::new(Some(f)),

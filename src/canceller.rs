@@ -108,7 +108,9 @@ impl Canceller {
     /// ```
     #[doc(alias = "drop_guard")]
     pub fn guard(self) -> CancelGuard {
-        CancelGuard { node: Some(self.node) }
+        CancelGuard {
+            node: Some(self.node),
+        }
     }
 }
 

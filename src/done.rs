@@ -188,7 +188,9 @@ where
 
 impl<F> fmt::Debug for Run<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Run").field("done", &self.done).finish_non_exhaustive()
+        f.debug_struct("Run")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
     }
 }
 

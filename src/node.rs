@@ -131,7 +131,10 @@ struct Walk {
 
 /// Derives a cancellable child of `parent`, with its own deadline if `own`
 /// is earlier than the parent's.
-pub(crate) fn derive_cancel(parent: &Context, own: Option<(Instant, Option<Cause>)>) -> Arc<CancelNode> {
+pub(crate) fn derive_cancel(
+    parent: &Context,
+    own: Option<(Instant, Option<Cause>)>,
+) -> Arc<CancelNode> {
     let parent_deadline = parent.deadline();
     let own = own.filter(|(when, _)| parent_deadline.map_or(true, |p| *when < p));
     let deadline = own.as_ref().map(|(when, _)| *when).or(parent_deadline);
