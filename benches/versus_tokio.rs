@@ -8,7 +8,9 @@ fn is_done(c: &mut Criterion) {
     let (ctx, _cancel) = Context::background().with_cancel();
     g.bench_function("ctxtree", |b| b.iter(|| black_box(&ctx).is_done()));
     let token = CancellationToken::new().child_token();
-    g.bench_function("tokio_util", |b| b.iter(|| black_box(&token).is_cancelled()));
+    g.bench_function("tokio_util", |b| {
+        b.iter(|| black_box(&token).is_cancelled())
+    });
     g.finish();
 }
 
