@@ -9,7 +9,7 @@ use crate::after_func::AfterFunc;
 use crate::canceller::Canceller;
 use crate::done::{Done, Run};
 use crate::error::{Cause, Error};
-use crate::node::{derive_cancel, derive_detached, derive_value, Repr};
+use crate::node::{derive_cancel, derive_detached, derive_value, Extra, Repr};
 
 /// A node in a cancellation tree: it is done when cancelled, when its
 /// deadline passes, or when its parent is done, and it carries values.
@@ -263,6 +263,47 @@ impl Context {
         }
     }
 
+    /// `merge` derives a child of `self` that is also done as soon as
+    /// `other` is done: Go's missing `context.Merge`, C#'s linked token.
+    ///
+    /// The first reason wins: `err()` and `cause()` come from whichever
+    /// parent finished first, or from the returned [`Canceller`]. `deadline()`
+    /// is the earlier of the two parents'. Values come from `self` only.
+    ///
+    /// If `other` is already done, the child is born done with its reason. If
+    /// `other` can never be done (a root, or below
+    /// [`without_cancel`](Context::without_cancel)), nothing is registered on
+    /// it and the child costs what `with_cancel` costs. Dropping every handle
+    /// of the child removes it from both parents at once. Merging with an
+    /// ancestor, a descendant or itself is fine: the second parent holds the
+    /// child only weakly, so no cycle forms.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (request, _cancel_request) = Context::background().with_value("req-1").with_cancel();
+    /// let (shutdown, begin_shutdown) = Context::background().with_cancel();
+    /// let (work, _cancel_work) = request.merge(&shutdown);
+    ///
+    /// assert_eq!(work.value::<&str>(), Some(&"req-1"));
+    /// begin_shutdown.cancel();
+    /// assert_eq!(work.err(), Some(Error::Canceled));
+    /// assert!(!request.is_done());
+    /// ```
+    #[doc(alias = "Merge")]
+    #[doc(alias = "linked_token")]
+    pub fn merge(&self, other: &Context) -> (Context, Canceller) {
+        let node = crate::merge::derive_merged(self, other);
+        (
+            Context {
+                repr: Repr::Cancel(node.clone()),
+            },
+            Canceller::new(node),
+        )
+    }
+
     /// `done` returns a new future that resolves with [`err`](Context::err)
     /// once this context is done; at once if it already is. It never resolves
     /// for a context that cannot be cancelled.
@@ -501,9 +542,10 @@ impl fmt::Display for Context {
             match &ctx.repr {
                 Repr::Background => f.write_str("context.Background")?,
                 Repr::Todo => f.write_str("context.TODO")?,
-                Repr::Cancel(node) => match node.own_deadline() {
-                    None => f.write_str(".WithCancel")?,
-                    Some(when) => write_deadline(f, when)?,
+                Repr::Cancel(node) => match &node.extra {
+                    Extra::None => f.write_str(".WithCancel")?,
+                    Extra::Deadline(timer) => write_deadline(f, timer.when)?,
+                    Extra::Merge(merge) => write!(f, ".Merge({})", merge.other)?,
                 },
                 Repr::Value(node) => write!(f, ".WithValue({})", node.type_name)?,
                 Repr::Detached(_) => f.write_str(".WithoutCancel")?,

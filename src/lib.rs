@@ -80,6 +80,7 @@ mod context;
 mod done;
 mod drop_chain;
 mod error;
+mod merge;
 mod node;
 mod raw;
 mod sync;

@@ -40,6 +40,7 @@ use crate::after_func::Callback;
 use crate::context::Context;
 use crate::drop_chain::release;
 use crate::error::{Cause, Error};
+use crate::merge::MergeLink;
 use crate::raw::{ChildList, Links, StateCell};
 use crate::sync::{get_mut, lock, Mutex, Timer};
 
@@ -90,8 +91,17 @@ pub(crate) struct CancelNode {
     inner: Mutex<Inner>,
     /// The earliest deadline on the path to the root.
     deadline: Option<Instant>,
-    /// This node's own deadline, if it has one earlier than its parent's.
-    timer: Option<Arc<DeadlineTimer>>,
+    /// What only some nodes need: an own deadline, or a second parent.
+    pub(crate) extra: Extra,
+}
+
+/// The parts of a cancellable node that only deadline and merged nodes have.
+pub(crate) enum Extra {
+    None,
+    /// An own deadline, earlier than the parent's.
+    Deadline(Arc<DeadlineTimer>),
+    /// A second parent (`Context::merge`).
+    Merge(Box<MergeLink>),
 }
 
 struct Inner {
@@ -137,8 +147,30 @@ pub(crate) fn derive_cancel(
 ) -> Arc<CancelNode> {
     let parent_deadline = parent.deadline();
     let own = own.filter(|(when, _)| parent_deadline.map_or(true, |p| *when < p));
-    let deadline = own.as_ref().map(|(when, _)| *when).or(parent_deadline);
-    let make = |timer: Option<Arc<DeadlineTimer>>| CancelNode {
+    let node = match own {
+        None => Arc::new(new_node(parent, parent_deadline, Extra::None)),
+        Some((when, cause)) => Arc::new_cyclic(|weak| {
+            let timer = Arc::new(DeadlineTimer {
+                node: weak.clone(),
+                when,
+                cause,
+                timer: Mutex::new(None),
+            });
+            new_node(parent, Some(when), Extra::Deadline(timer))
+        }),
+    };
+    link(parent, &node);
+    if let Extra::Deadline(timer) = &node.extra {
+        if node.state.err().is_none() {
+            timer.arm();
+        }
+    }
+    node
+}
+
+/// A live node below `parent`, not yet linked.
+pub(crate) fn new_node(parent: &Context, deadline: Option<Instant>, extra: Extra) -> CancelNode {
+    CancelNode {
         parent: Some(parent.clone()),
         state: StateCell::new(),
         event: Event::new(),
@@ -148,36 +180,24 @@ pub(crate) fn derive_cancel(
             callbacks: Vec::new(),
         }),
         deadline,
-        timer,
-    };
-    let node = match own {
-        None => Arc::new(make(None)),
-        Some((when, cause)) => Arc::new_cyclic(|weak| {
-            make(Some(Arc::new(DeadlineTimer {
-                node: weak.clone(),
-                when,
-                cause,
-                timer: Mutex::new(None),
-            })))
-        }),
-    };
+        extra,
+    }
+}
+
+/// Links a new `node` into its link parent's list, or makes it done at once
+/// if the link parent already is.
+pub(crate) fn link(parent: &Context, node: &Arc<CancelNode>) {
     if let Some(anchor) = parent.repr.anchor() {
         // Invariant 4: check and link under the link parent's lock.
         let mut inner = lock(&anchor.inner);
         match anchor.state.err() {
-            None => inner.children.push(&node),
+            None => inner.children.push(node),
             Some(err) => {
                 drop(inner);
                 node.state.finish(err, anchor.state.given_cause());
             }
         }
     }
-    if let Some(timer) = &node.timer {
-        if node.state.err().is_none() {
-            timer.arm();
-        }
-    }
-    node
 }
 
 /// Derives a value node below `parent`.
@@ -201,10 +221,6 @@ impl CancelNode {
     #[inline]
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
-    }
-
-    pub(crate) fn own_deadline(&self) -> Option<Instant> {
-        self.timer.as_ref().map(|t| t.when)
     }
 
     pub(crate) fn links(&self) -> &Links {
@@ -251,7 +267,7 @@ impl CancelNode {
             inner.children.drain_into(&mut walk.stack);
             walk.callbacks.append(&mut inner.callbacks);
         }
-        if let Some(timer) = &self.timer {
+        if let Extra::Deadline(timer) = &self.extra {
             timer.disarm();
         }
     }
@@ -310,8 +326,11 @@ impl Drop for CancelNode {
         for callback in callbacks {
             callback.discard();
         }
-        if let Some(timer) = &self.timer {
-            timer.disarm();
+        match &self.extra {
+            Extra::None => {}
+            Extra::Deadline(timer) => timer.disarm(),
+            // Leave the second parent at once too: no callback stays there.
+            Extra::Merge(link) => link.unregister(),
         }
         if let Some(parent) = self.parent.take() {
             release(parent);
