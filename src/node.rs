@@ -146,7 +146,7 @@ pub(crate) fn derive_cancel(
     own: Option<(Instant, Option<Cause>)>,
 ) -> Arc<CancelNode> {
     let parent_deadline = parent.deadline();
-    let own = own.filter(|(when, _)| parent_deadline.map_or(true, |p| *when < p));
+    let own = own.filter(|(when, _)| parent_deadline.is_none_or(|p| *when < p));
     let node = match own {
         None => Arc::new(new_node(parent, parent_deadline, Extra::None)),
         Some((when, cause)) => Arc::new_cyclic(|weak| {
