@@ -80,13 +80,17 @@ mod context;
 mod done;
 mod drop_chain;
 mod error;
+mod group;
 mod merge;
 mod node;
 mod raw;
+pub mod stream;
 mod sync;
+pub mod wire;
 
 pub use after_func::AfterFunc;
 pub use canceller::{CancelGuard, Canceller};
 pub use context::Context;
 pub use done::{Done, Run};
 pub use error::{Cause, Error};
+pub use group::{Group, Spawner, Wait};

@@ -1,0 +1,504 @@
+//! `Group`: Go's `errgroup`, without an executor.
+//!
+//! Tasks are futures. Waiting on the group drives all of them inside the
+//! waiting future, as `join_all` does, so it works on any executor and under
+//! `futures::executor::block_on`. The first error cancels the group's
+//! context, with that error as the cause.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+
+use crate::canceller::Canceller;
+use crate::context::Context;
+use crate::error::Cause;
+use crate::node::Panic;
+use crate::sync::{lock, Mutex};
+
+type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
+
+/// An error group: tasks that share a context, where the first error cancels
+/// the rest (Go's `errgroup.WithContext`).
+///
+/// Create it from a parent with [`Group::new`]; give each task the group's
+/// [`context`](Group::context); add tasks with [`spawn`](Group::spawn) (or,
+/// from inside running tasks, with a [`Spawner`]); then await
+/// [`wait`](Group::wait), which runs every task concurrently inside that one
+/// future and resolves once all have finished.
+///
+/// # Errors and causes
+///
+/// The first task to return `Err(e)` cancels the group's context with `e` as
+/// the [`cause`](Context::cause), which the other tasks can read and
+/// downcast; `wait` returns that same error. Later errors are dropped. The
+/// error is shared as an `Arc<E>`: the cause and the result are one
+/// allocation, so the same error is both, and `E` need not be `Clone`.
+///
+/// # Panics
+///
+/// A panicking task first cancels the group's context, so the other tasks see
+/// the cancellation, and then the panic resumes out of the `wait` future.
+///
+/// # Examples
+///
+/// ```
+/// use std::io;
+/// use ctxtree::{Context, Group};
+///
+/// let mut group = Group::<io::Error>::new(&Context::background());
+/// group.set_limit(2);
+/// for i in 0..5 {
+///     let ctx = group.context().clone();
+///     group.spawn(async move {
+///         if i == 3 {
+///             return Err(io::Error::other("backend 3 failed"));
+///         }
+///         ctx.run(futures::future::pending::<()>()).await.ok();
+///         Ok(())
+///     });
+/// }
+/// let ctx = group.context().clone();
+/// let err = futures::executor::block_on(group.wait()).unwrap_err();
+/// assert_eq!(err.to_string(), "backend 3 failed");
+/// assert_eq!(ctx.cause().unwrap().to_string(), "backend 3 failed");
+/// ```
+#[doc(alias = "errgroup")]
+#[must_use = "a group runs nothing until `wait` is awaited"]
+pub struct Group<E> {
+    ctx: Context,
+    canceller: Canceller,
+    shared: Arc<Shared<E>>,
+    limit: usize,
+}
+
+/// Adds tasks to a running [`Group`], from inside its tasks or anywhere else
+/// (Go's `g.Go` called from a goroutine of the group).
+///
+/// # Examples
+///
+/// ```
+/// use std::io;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use ctxtree::{Context, Group};
+///
+/// let group = Group::<io::Error>::new(&Context::background());
+/// let spawner = group.spawner();
+/// let count = Arc::new(AtomicUsize::new(0));
+/// let c = count.clone();
+/// group.spawn(async move {
+///     let c2 = c.clone();
+///     spawner.spawn(async move { c2.fetch_add(1, Ordering::SeqCst); Ok(()) });
+///     c.fetch_add(1, Ordering::SeqCst);
+///     Ok(())
+/// });
+/// futures::executor::block_on(group.wait()).unwrap();
+/// assert_eq!(count.load(Ordering::SeqCst), 2);
+/// ```
+pub struct Spawner<E> {
+    shared: Arc<Shared<E>>,
+}
+
+/// State shared by the group, its spawners and its waiter.
+struct Shared<E> {
+    incoming: Mutex<Incoming<E>>,
+    /// Indices of running tasks that were woken, and the waiter's waker.
+    ready: Arc<ReadyQueue>,
+}
+
+struct Incoming<E> {
+    tasks: Vec<Task<E>>,
+    /// Set once `wait` resolved: tasks spawned later are dropped unrun.
+    closed: bool,
+}
+
+struct ReadyQueue {
+    state: Mutex<ReadyState>,
+}
+
+struct ReadyState {
+    indices: Vec<usize>,
+    waiter: Option<Waker>,
+}
+
+impl ReadyQueue {
+    fn push(&self, index: usize) {
+        let waiter = {
+            let mut state = lock(&self.state);
+            state.indices.push(index);
+            state.waiter.clone()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+
+    fn wake_waiter(&self) {
+        let waiter = lock(&self.state).waiter.clone();
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+    }
+}
+
+/// The waker of one task slot: marks the slot ready and wakes the waiter.
+struct SlotWaker {
+    index: usize,
+    ready: Arc<ReadyQueue>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.ready.push(self.index);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.push(self.index);
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
+    /// `new` creates a group whose context is a child of `parent`:
+    /// cancelling `parent` cancels the group's tasks' context too.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group};
+    ///
+    /// let group = Group::<std::io::Error>::new(&Context::background());
+    /// assert!(!group.context().is_done());
+    /// ```
+    #[doc(alias = "WithContext")]
+    pub fn new(parent: &Context) -> Group<E> {
+        let (ctx, canceller) = parent.with_cancel();
+        Group {
+            ctx,
+            canceller,
+            shared: Arc::new(Shared {
+                incoming: Mutex::new(Incoming {
+                    tasks: Vec::new(),
+                    closed: false,
+                }),
+                ready: Arc::new(ReadyQueue {
+                    state: Mutex::new(ReadyState {
+                        indices: Vec::new(),
+                        waiter: None,
+                    }),
+                }),
+            }),
+            limit: usize::MAX,
+        }
+    }
+
+    /// `context` is the context to hand to the tasks: done when a task
+    /// fails, when the parent is done, or once the group has finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group};
+    ///
+    /// let group = Group::<std::io::Error>::new(&Context::background());
+    /// let ctx = group.context().clone();
+    /// futures::executor::block_on(group.wait()).unwrap();
+    /// assert!(ctx.is_done());
+    /// ```
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// `set_limit` lets at most `limit` tasks run at once (Go's `SetLimit`):
+    /// the others wait their turn, unpolled, in the order they were spawned.
+    /// The default is no limit; a limit of 0 is taken as 1, since no task
+    /// could ever run otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group};
+    ///
+    /// let mut group = Group::<std::io::Error>::new(&Context::background());
+    /// group.set_limit(8);
+    /// ```
+    #[doc(alias = "SetLimit")]
+    pub fn set_limit(&mut self, limit: usize) -> &mut Self {
+        self.limit = limit.max(1);
+        self
+    }
+
+    /// `spawn` adds a task (Go's `g.Go`). It starts when [`wait`](Group::wait)
+    /// is polled and a slot under the limit is free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group};
+    ///
+    /// let group = Group::<std::io::Error>::new(&Context::background());
+    /// group.spawn(async { Ok(()) });
+    /// assert!(futures::executor::block_on(group.wait()).is_ok());
+    /// ```
+    #[doc(alias = "Go")]
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        spawn_into(&self.shared, Box::pin(task));
+    }
+
+    /// `spawner` returns a handle that adds tasks while the group runs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group};
+    ///
+    /// let group = Group::<std::io::Error>::new(&Context::background());
+    /// let spawner = group.spawner();
+    /// spawner.spawn(async { Ok(()) });
+    /// assert!(futures::executor::block_on(group.wait()).is_ok());
+    /// ```
+    pub fn spawner(&self) -> Spawner<E> {
+        Spawner {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// `wait` runs every task, concurrently, inside the returned future, and
+    /// resolves once all have finished: `Ok(())`, or the first error. Then it
+    /// cancels the group's context, as Go's `Wait` does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group};
+    ///
+    /// let group = Group::<std::io::Error>::new(&Context::background());
+    /// group.spawn(async { Err(std::io::Error::other("no")) });
+    /// let err = futures::executor::block_on(group.wait()).unwrap_err();
+    /// assert_eq!(err.to_string(), "no");
+    /// ```
+    #[doc(alias = "Wait")]
+    pub fn wait(self) -> Wait<E> {
+        Wait {
+            canceller: self.canceller,
+            shared: self.shared,
+            limit: self.limit,
+            slots: Vec::new(),
+            free: Vec::new(),
+            queued: VecDeque::new(),
+            running: 0,
+            first_err: None,
+            done: false,
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> Spawner<E> {
+    /// `spawn` adds a task to the group. If the group has already finished,
+    /// the task is dropped without being polled.
+    ///
+    /// # Examples
+    ///
+    /// See [`Spawner`].
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        spawn_into(&self.shared, Box::pin(task));
+    }
+}
+
+impl<E> Clone for Spawner<E> {
+    fn clone(&self) -> Self {
+        Spawner {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+fn spawn_into<E>(shared: &Shared<E>, task: Task<E>) {
+    {
+        let mut incoming = lock(&shared.incoming);
+        if incoming.closed {
+            return;
+        }
+        incoming.tasks.push(task);
+    }
+    shared.ready.wake_waiter();
+}
+
+struct Slot<E> {
+    task: Option<Task<E>>,
+    waker: Waker,
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`Group::wait`]: drives every task of the group
+    /// and resolves to `Ok(())` or the first error.
+    ///
+    /// # Cancellation safety
+    ///
+    /// Dropping it drops every task that has not finished, and cancels the
+    /// group's context.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Wait<E> {
+        canceller: Canceller,
+        shared: Arc<Shared<E>>,
+        limit: usize,
+        slots: Vec<Slot<E>>,
+        free: Vec<usize>,
+        queued: VecDeque<Task<E>>,
+        running: usize,
+        first_err: Option<Arc<E>>,
+        done: bool,
+    }
+
+    impl<E> PinnedDrop for Wait<E> {
+        fn drop(this: Pin<&mut Self>) {
+            let cancelled = catch_unwind(AssertUnwindSafe(|| this.canceller.cancel()));
+            if let Err(panic) = cancelled {
+                if !std::thread::panicking() {
+                    resume_unwind(panic);
+                }
+            }
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
+    type Output = Result<(), Arc<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if *this.done {
+            panic!("`Wait` polled after it resolved");
+        }
+        // Register first, so a wake that lands while we poll is not lost.
+        {
+            let mut state = lock(&this.shared.ready.state);
+            match &state.waiter {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => state.waiter = Some(cx.waker().clone()),
+            }
+        }
+        loop {
+            this.queued
+                .extend(mem::take(&mut lock(&this.shared.incoming).tasks));
+            // Start queued tasks while there is room under the limit.
+            while *this.running < *this.limit {
+                let Some(task) = this.queued.pop_front() else {
+                    break;
+                };
+                let index = match this.free.pop() {
+                    Some(index) => {
+                        this.slots[index].task = Some(task);
+                        index
+                    }
+                    None => {
+                        let index = this.slots.len();
+                        let waker = Waker::from(Arc::new(SlotWaker {
+                            index,
+                            ready: this.shared.ready.clone(),
+                        }));
+                        this.slots.push(Slot {
+                            task: Some(task),
+                            waker,
+                        });
+                        index
+                    }
+                };
+                *this.running += 1;
+                lock(&this.shared.ready.state).indices.push(index);
+            }
+            let ready = mem::take(&mut lock(&this.shared.ready.state).indices);
+            if ready.is_empty() {
+                break;
+            }
+            for index in ready {
+                let slot = &mut this.slots[index];
+                let Some(task) = slot.task.as_mut() else {
+                    continue;
+                };
+                let mut task_cx = TaskContext::from_waker(&slot.waker);
+                let polled = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut task_cx)));
+                let result = match polled {
+                    Ok(Poll::Pending) => continue,
+                    Ok(Poll::Ready(result)) => result,
+                    Err(panic) => {
+                        // The other tasks must see the cancellation first.
+                        cancel_then_resume(this.canceller, panic);
+                    }
+                };
+                slot.task = None;
+                this.free.push(index);
+                *this.running -= 1;
+                if let Err(err) = result {
+                    if this.first_err.is_none() {
+                        let err = Arc::new(err);
+                        let cause: Cause = err.clone();
+                        *this.first_err = Some(err);
+                        this.canceller.cancel_with_cause(cause);
+                    }
+                }
+            }
+        }
+        if *this.running > 0 || !this.queued.is_empty() {
+            return Poll::Pending;
+        }
+        // Nothing runs and nothing is queued: close the group, unless a task
+        // was spawned in the meantime (then go round again).
+        {
+            let mut incoming = lock(&this.shared.incoming);
+            if !incoming.tasks.is_empty() {
+                drop(incoming);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            incoming.closed = true;
+        }
+        *this.done = true;
+        this.canceller.cancel();
+        Poll::Ready(match this.first_err.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        })
+    }
+}
+
+fn cancel_then_resume(canceller: &Canceller, panic: Panic) -> ! {
+    // A callback's panic during this cancel would be a second panic; the
+    // task's own panic is the one to report.
+    let _ = catch_unwind(AssertUnwindSafe(|| canceller.cancel()));
+    resume_unwind(panic)
+}
+
+impl<E> fmt::Debug for Group<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("context", &self.ctx)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E> fmt::Debug for Spawner<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spawner").finish_non_exhaustive()
+    }
+}
+
+impl<E> fmt::Debug for Wait<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wait")
+            .field("running", &self.running)
+            .field("queued", &self.queued.len())
+            .finish_non_exhaustive()
+    }
+}
