@@ -50,8 +50,7 @@ type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
 /// use std::io;
 /// use ctxtree::{Context, Group};
 ///
-/// let mut group = Group::<io::Error>::new(&Context::background());
-/// group.set_limit(2);
+/// let group = Group::<io::Error>::new(&Context::background());
 /// for i in 0..5 {
 ///     let ctx = group.context().clone();
 ///     group.spawn(async move {
@@ -217,6 +216,11 @@ impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
     /// the others wait their turn, unpolled, in the order they were spawned.
     /// The default is no limit; a limit of 0 is taken as 1, since no task
     /// could ever run otherwise.
+    ///
+    /// # Caveats
+    ///
+    /// Under a limit, a task that waits for a task queued behind it never
+    /// finishes, as in Go: keep the tasks of a limited group independent.
     ///
     /// # Examples
     ///
