@@ -59,8 +59,15 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// `Canceled` becomes [`io::ErrorKind::Interrupted`], `DeadlineExceeded`
-/// becomes [`io::ErrorKind::TimedOut`]; the `Error` stays inside as the
-/// source, so `?` works in functions that return [`io::Result`].
+/// becomes [`io::ErrorKind::TimedOut`]; the `Error` stays inside, reachable
+/// with [`io::Error::get_ref`], so `?` works in functions that return
+/// [`io::Result`] and the reason is not lost.
+///
+/// # Caveats
+///
+/// Some I/O loops retry on `Interrupted` (`read_exact`, `write_all`): do not
+/// return a cancelled context's error from inside a `Read` or `Write`
+/// implementation, or such a loop would spin.
 ///
 /// # Examples
 ///
@@ -69,6 +76,8 @@ impl std::error::Error for Error {}
 ///
 /// let e: io::Error = ctxtree::Error::DeadlineExceeded.into();
 /// assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+/// let inner = e.get_ref().and_then(|e| e.downcast_ref::<ctxtree::Error>());
+/// assert_eq!(inner, Some(&ctxtree::Error::DeadlineExceeded));
 /// ```
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
