@@ -323,7 +323,7 @@ impl Context {
     /// ```
     #[doc(alias = "Done")]
     pub fn done(&self) -> Done {
-        Done::new(self.repr.anchor().cloned())
+        Done::new(self.repr.anchor())
     }
 
     /// `err` returns `None` while the context is live, and then why it is

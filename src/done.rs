@@ -43,16 +43,21 @@ use crate::node::CancelNode;
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct Done {
-    /// `None` for a context that can never be done.
+    /// `None` for a context that can never be done, or that already was
+    /// when this `Done` was made (then `ready` holds the error).
     node: Option<Arc<CancelNode>>,
+    ready: Option<Error>,
     listener: Option<EventListener>,
     terminated: bool,
 }
 
 impl Done {
-    pub(crate) fn new(node: Option<Arc<CancelNode>>) -> Done {
+    pub(crate) fn new(node: Option<&Arc<CancelNode>>) -> Done {
+        // A done node needs no reference: its error never changes.
+        let ready = node.and_then(|n| n.state.err());
         Done {
-            node,
+            node: if ready.is_some() { None } else { node.cloned() },
+            ready,
             listener: None,
             terminated: false,
         }
@@ -64,6 +69,10 @@ impl Future for Done {
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
         let this = self.get_mut();
+        if let Some(err) = this.ready {
+            this.terminated = true;
+            return Poll::Ready(err);
+        }
         let Some(node) = &this.node else {
             return Poll::Pending;
         };
@@ -108,7 +117,10 @@ impl FusedFuture for Done {
 impl fmt::Debug for Done {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Done")
-            .field("err", &self.node.as_ref().and_then(|n| n.state.err()))
+            .field(
+                "err",
+                &self.ready.or_else(|| self.node.as_ref().and_then(|n| n.state.err())),
+            )
             .finish()
     }
 }
