@@ -86,10 +86,12 @@ impl Future for Done {
             match &mut this.listener {
                 None => {
                     // Register first, then flag the state. No wakeup is lost:
-                    // the flag is a read-modify-write on the state word, as is
-                    // the cancel's CAS, so one of them sees the other. Either
-                    // we see `done` here, or the canceller sees the flag after
-                    // our listener is in the list and notifies it.
+                    // the flag lives in the state word that the cancel's CAS
+                    // changes, so one of them sees the other (`StateCell::mark`
+                    // says why even a plain load of an already-set flag is
+                    // enough). Either we see `done` here, or the canceller
+                    // sees the flag after our listener is in the list and
+                    // notifies it.
                     this.listener = Some(node.event.listen());
                     if let Some(err) = node.state.mark_listened() {
                         this.listener = None;
@@ -119,7 +121,9 @@ impl fmt::Debug for Done {
         f.debug_struct("Done")
             .field(
                 "err",
-                &self.ready.or_else(|| self.node.as_ref().and_then(|n| n.state.err())),
+                &self
+                    .ready
+                    .or_else(|| self.node.as_ref().and_then(|n| n.state.err())),
             )
             .finish()
     }

@@ -14,9 +14,14 @@
 //! 3. Every node holds a strong reference to the context it was derived from,
 //!    so ancestors outlive descendants; a parent holds only weak references
 //!    to its children, so a child lives exactly as long as its handles.
-//! 4. The state check and the link happen under the link parent's lock, and
-//!    a canceller marks the parent done *before* taking that lock to drain
-//!    it, so a child derived concurrently is either drained or born done.
+//! 4. Before a child is linked, a callback registered or a timer armed, the
+//!    node's `DEPENDENTS` flag is set by a read-modify-write of its state word
+//!    (under its lock, for children and callbacks); the canceller's CAS on
+//!    the same word reports the flag. So either the attacher sees the node
+//!    done (and attaches nothing: a child is born done, a callback runs at
+//!    once) or the canceller sees the flag and visits the node under its
+//!    lock, where it finds what was attached. A node without the flag is
+//!    finished by the CAS alone, with no lock.
 //!
 //! # Deadlock safety
 //!
@@ -41,7 +46,7 @@ use crate::context::Context;
 use crate::drop_chain::release;
 use crate::error::{Cause, Error};
 use crate::merge::MergeLink;
-use crate::raw::{ChildList, Links, StateCell};
+use crate::raw::{ChildList, Finish, Links, StateCell};
 use crate::sync::{get_mut, lock, Mutex, Timer};
 
 /// A panic caught in a callback, to be resumed by the thread that cancelled.
@@ -135,7 +140,7 @@ pub(crate) struct DeadlineTimer {
 /// The work list of one cancellation: nodes still to finish, and the
 /// callbacks to run once every node is done.
 struct Walk {
-    stack: Vec<Arc<CancelNode>>,
+    stack: Vec<(Arc<CancelNode>, Finish)>,
     callbacks: Vec<Arc<dyn Callback>>,
 }
 
@@ -161,7 +166,7 @@ pub(crate) fn derive_cancel(
     };
     link(parent, &node);
     if let Extra::Deadline(timer) = &node.extra {
-        if node.state.err().is_none() {
+        if node.state.mark_dependent().is_none() {
             timer.arm();
         }
     }
@@ -190,7 +195,7 @@ pub(crate) fn link(parent: &Context, node: &Arc<CancelNode>) {
     if let Some(anchor) = parent.repr.anchor() {
         // Invariant 4: check and link under the link parent's lock.
         let mut inner = lock(&anchor.inner);
-        match anchor.state.err() {
+        match anchor.state.mark_dependent() {
             None => inner.children.push(node),
             Some(err) => {
                 drop(inner);
@@ -235,40 +240,41 @@ impl CancelNode {
     /// already done (then returns at once: invariant 1). Iterative, so depth
     /// costs heap, not stack. Returns the first panic of a callback.
     pub(crate) fn cancel(self: &Arc<Self>, err: Error, cause: Option<Cause>) -> Option<Panic> {
-        let listened = self.state.finish(err, cause.clone())?;
+        let first = self.state.finish(err, cause.clone())?;
         let mut walk = Walk {
             stack: Vec::new(),
             callbacks: Vec::new(),
         };
-        self.finish(listened, &mut walk);
+        self.visit(first, err, &cause, &mut walk);
         // A node cancelled on its own leaves its parent's list now, as in Go,
         // so a long-lived parent does not keep a list of dead children.
         if let Some(link_parent) = self.link_parent() {
             lock(&link_parent.inner).children.unlink(self);
         }
-        while let Some(child) = walk.stack.pop() {
-            if let Some(listened) = child.state.finish(err, cause.clone()) {
-                child.finish(listened, &mut walk);
-            }
+        while let Some((child, finish)) = walk.stack.pop() {
+            child.visit(finish, err, &cause, &mut walk);
             // Dropping `child` may run its `Drop`, which locks this walk's
             // nodes; we hold no lock here.
         }
         run_callbacks(walk.callbacks)
     }
 
-    /// The winner's work on one node (invariant 1): wake its waiters, take
-    /// its children and callbacks, stop its timer.
-    fn finish(&self, listened: bool, walk: &mut Walk) {
-        if listened {
+    /// The winner's work on one node it finished (invariant 1): wake its
+    /// waiters, finish its children, take its callbacks, stop its timer. A
+    /// node with nothing attached (no `DEPENDENTS` flag) needs no lock.
+    fn visit(&self, finish: Finish, err: Error, cause: &Option<Cause>, walk: &mut Walk) {
+        if finish.listened {
             self.event.notify(usize::MAX);
         }
-        {
-            let mut inner = lock(&self.inner);
-            inner.children.drain_into(&mut walk.stack);
-            walk.callbacks.append(&mut inner.callbacks);
-        }
-        if let Extra::Deadline(timer) = &self.extra {
-            timer.disarm();
+        if finish.dependents {
+            {
+                let mut inner = lock(&self.inner);
+                inner.children.drain_into(err, cause, &mut walk.stack);
+                walk.callbacks.append(&mut inner.callbacks);
+            }
+            if let Extra::Deadline(timer) = &self.extra {
+                timer.disarm();
+            }
         }
     }
 
@@ -278,7 +284,7 @@ impl CancelNode {
         let mut inner = lock(&self.inner);
         // Under the lock: a canceller marks the state before draining, so a
         // callback pushed here while live is always taken (invariant 4).
-        if self.state.err().is_some() {
+        if self.state.mark_dependent().is_some() {
             return Some(callback);
         }
         inner.callbacks.push(callback);

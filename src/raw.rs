@@ -24,6 +24,9 @@ use crate::sync::{AtomicUsize, Ordering};
 const LISTENED: usize = 0b0001;
 const CANCELED: usize = 0b0010;
 const DEADLINE: usize = 0b0100;
+/// Set before a child is linked, a callback registered or a timer armed, so
+/// that a canceller knows whether the node needs more than its state changed.
+const DEPENDENTS: usize = 0b1000;
 const KIND: usize = CANCELED | DEADLINE;
 const RECORD: usize = !0b1111;
 
@@ -31,6 +34,22 @@ const RECORD: usize = !0b1111;
 /// state word next to the flag bits (hence the alignment of 16).
 #[repr(align(16))]
 struct CauseRecord(Cause);
+
+/// What the winner of `finish` must still do for the node.
+#[derive(Clone, Copy)]
+pub(crate) struct Finish {
+    /// Someone listens on the event: notify it.
+    pub(crate) listened: bool,
+    /// Children, callbacks or a timer may be attached: visit them.
+    pub(crate) dependents: bool,
+}
+
+impl Finish {
+    /// Nothing is attached and nobody listens: changing the state was all.
+    fn is_leaf(self) -> bool {
+        !self.listened && !self.dependents
+    }
+}
 
 /// A node's state in one word: live or done, which error, the cause record,
 /// and whether anyone listens. One compare-and-swap decides the first reason,
@@ -47,9 +66,9 @@ impl StateCell {
     }
 
     /// Moves the node from live to done with `err` and `cause`. Returns
-    /// `None` if it was already done (the first reason stays), otherwise
-    /// whether a listener had registered and must be notified.
-    pub(crate) fn finish(&self, err: Error, cause: Option<Cause>) -> Option<bool> {
+    /// `None` if it was already done (the first reason stays), otherwise what
+    /// the winner must still do.
+    pub(crate) fn finish(&self, err: Error, cause: Option<Cause>) -> Option<Finish> {
         let record = match cause {
             Some(cause) => Box::into_raw(Box::new(CauseRecord(cause))) as usize,
             None => 0,
@@ -68,24 +87,53 @@ impl StateCell {
                 }
                 return None;
             }
-            // AcqRel: pairs with `mark_listened` (see `Done::poll`) so that a
-            // listener registered before its flag is seen by our notify.
+            // AcqRel: pairs with `mark_listened` and `mark_dependent`, which
+            // are read-modify-writes of this same word: whichever comes
+            // second sees the other (see `Done::poll`).
+            let flags = current & (LISTENED | DEPENDENTS);
             match self.word.compare_exchange_weak(
                 current,
-                record | kind | (current & LISTENED),
+                record | kind | flags,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(current & LISTENED != 0),
+                Ok(_) => {
+                    return Some(Finish {
+                        listened: flags & LISTENED != 0,
+                        dependents: flags & DEPENDENTS != 0,
+                    })
+                }
                 Err(now) => current = now,
             }
         }
     }
 
+    /// Records that a child, callback or timer is about to be attached;
+    /// returns the error if the node is already done, in which case the
+    /// caller must not attach it (nobody would visit it).
+    pub(crate) fn mark_dependent(&self) -> Option<Error> {
+        self.mark(DEPENDENTS)
+    }
+
+    /// Sets `flag`, returning the error if the node is done. When the flag
+    /// is already set and the node live, a load suffices: the write that set
+    /// the flag precedes any finishing CAS in this word's modification order
+    /// (else it would have carried the done bits we did not see), so that
+    /// CAS will report the flag; and if the CAS happened before our caller's
+    /// attach under a lock or event-listener's lock, that lock's ordering
+    /// would have shown us the done bits.
+    fn mark(&self, flag: usize) -> Option<Error> {
+        let current = self.word.load(Ordering::Acquire);
+        if current & flag != 0 || current & KIND != 0 {
+            return decode(current);
+        }
+        decode(self.word.fetch_or(flag, Ordering::AcqRel))
+    }
+
     /// Records that a listener is registered; returns the error if the node
     /// is already done, in which case that listener need not wait.
     pub(crate) fn mark_listened(&self) -> Option<Error> {
-        decode(self.word.fetch_or(LISTENED, Ordering::AcqRel))
+        self.mark(LISTENED)
     }
 
     /// One `Acquire` load.
@@ -221,21 +269,34 @@ impl ChildList {
         drop(unsafe { Weak::from_raw(raw) });
     }
 
-    /// Empties the list, pushing every child that is still alive onto `out`.
-    /// A child whose last handle is being dropped right now is skipped: its
-    /// own drop finds itself unlinked.
-    pub(crate) fn drain_into(&mut self, out: &mut Vec<Arc<CancelNode>>) {
+    /// Empties the list, finishing every child with `err` and `cause`. A
+    /// child that nobody listens to and that has nothing attached is done
+    /// right here; the others are pushed onto `out` for the caller to visit
+    /// with no lock held. A child whose last handle is being dropped right
+    /// now needs no visit: nothing can be attached to it, and its own drop
+    /// finds itself unlinked.
+    pub(crate) fn drain_into(
+        &mut self,
+        err: Error,
+        cause: &Option<Cause>,
+        out: &mut Vec<(Arc<CancelNode>, Finish)>,
+    ) {
         let mut cur = std::mem::replace(&mut self.head, ptr::null());
         while !cur.is_null() {
             // SAFETY: `cur` is linked in this list, so it owns a weak count
             // (L2) that keeps the memory valid; we hold the lock (L1). Taking
             // the `Weak` back transfers that count to `weak`, released below.
             let weak = unsafe { Weak::from_raw(cur) };
-            let links = weak_links(&weak);
+            let child = weak_node(&weak);
+            let links = child.links();
             let next = links.next.get();
             links.linked.set(false);
-            if let Some(child) = weak.upgrade() {
-                out.push(child);
+            if let Some(finish) = child.state.finish(err, cause.clone()) {
+                if !finish.is_leaf() {
+                    if let Some(child) = weak.upgrade() {
+                        out.push((child, finish));
+                    }
+                }
             }
             drop(weak);
             cur = next;
@@ -247,9 +308,10 @@ impl ChildList {
     }
 }
 
-fn weak_links(weak: &Weak<CancelNode>) -> &Links {
-    // SAFETY: the weak count held by `weak` keeps the allocation, and the
-    // node's fields are not dropped before it unlinks itself under the lock we
-    // hold (L1), so the `Links` are valid for as long as `weak` is borrowed.
-    unsafe { (*weak.as_ptr()).links() }
+fn weak_node(weak: &Weak<CancelNode>) -> &CancelNode {
+    // SAFETY: the weak count held by `weak` keeps the allocation, and a node's
+    // fields are not dropped before it unlinks itself under the lock the
+    // caller holds (L1), so the node is valid for as long as `weak` is
+    // borrowed, even if its last strong handle is being dropped.
+    unsafe { &*weak.as_ptr() }
 }
