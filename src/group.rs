@@ -300,6 +300,7 @@ impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
             running: 0,
             first_err: None,
             done: false,
+            round: 0,
         }
     }
 }
@@ -341,6 +342,10 @@ fn spawn_into<E>(shared: &Shared<E>, task: Task<E>) {
 struct Slot<E> {
     task: Option<Task<E>>,
     waker: Waker,
+    /// The `Wait::poll` call that last polled this slot, so that a task that
+    /// wakes itself is polled once per call, not in a loop that starves
+    /// whatever else runs beside the group.
+    round: u64,
 }
 
 pin_project_lite::pin_project! {
@@ -362,6 +367,7 @@ pin_project_lite::pin_project! {
         running: usize,
         first_err: Option<Arc<E>>,
         done: bool,
+        round: u64,
     }
 
     impl<E> PinnedDrop for Wait<E> {
@@ -392,6 +398,9 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
                 _ => state.waiter = Some(cx.waker().clone()),
             }
         }
+        *this.round += 1;
+        let round = *this.round;
+        let mut deferred = Vec::new();
         loop {
             this.queued
                 .extend(mem::take(&mut lock(&this.shared.incoming).tasks));
@@ -402,7 +411,10 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
                 };
                 let index = match this.free.pop() {
                     Some(index) => {
-                        this.slots[index].task = Some(task);
+                        let slot = &mut this.slots[index];
+                        slot.task = Some(task);
+                        // A new task gets its first poll in this call.
+                        slot.round = 0;
                         index
                     }
                     None => {
@@ -414,6 +426,7 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
                         this.slots.push(Slot {
                             task: Some(task),
                             waker,
+                            round: 0,
                         });
                         index
                     }
@@ -430,6 +443,11 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
                 let Some(task) = slot.task.as_mut() else {
                     continue;
                 };
+                if slot.round == round {
+                    deferred.push(index);
+                    continue;
+                }
+                slot.round = round;
                 let mut task_cx = TaskContext::from_waker(&slot.waker);
                 let polled = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut task_cx)));
                 let result = match polled {
@@ -452,6 +470,13 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
                     }
                 }
             }
+        }
+        if !deferred.is_empty() {
+            // Tasks that woke themselves: poll them again on the next call,
+            // and make sure there is one.
+            lock(&this.shared.ready.state).indices.extend(deferred);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         if *this.running > 0 || !this.queued.is_empty() {
             return Poll::Pending;
