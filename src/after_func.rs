@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use crate::node::CancelNode;
-use crate::sync::{lock, AtomicU8, Mutex, Ordering};
+use crate::sync::{lock, AtomicU8, AtomicUsize, Mutex, Ordering};
 
 const PENDING: u8 = 0;
 const STARTED: u8 = 1;
@@ -20,12 +20,16 @@ pub(crate) trait Callback: Send + Sync {
     /// Drops the closure without running it: its node was dropped. A later
     /// `stop()` still returns `true`, since the callback never ran.
     fn discard(&self);
+    /// Where the callback sits in its node's list, kept up to date under
+    /// that node's lock so that removing it is O(1).
+    fn position(&self) -> &AtomicUsize;
 }
 
 /// One allocation per callback: the state that decides run-versus-stop,
 /// and the closure itself.
 struct Slot<F> {
     state: AtomicU8,
+    position: AtomicUsize,
     f: Mutex<Option<F>>,
 }
 
@@ -60,6 +64,10 @@ impl<F: FnOnce() + Send + 'static> Callback for Slot<F> {
         let f = lock(&self.f).take();
         drop(f);
     }
+
+    fn position(&self) -> &AtomicUsize {
+        &self.position
+    }
 }
 
 /// The handle of a callback registered with
@@ -91,6 +99,7 @@ impl AfterFunc {
     ) -> AfterFunc {
         let slot: Arc<dyn Callback> = Arc::new(Slot {
             state: AtomicU8::new(PENDING),
+            position: AtomicUsize::new(0),
             f: Mutex::new(Some(f)),
         });
         let Some(node) = node else {

@@ -18,7 +18,7 @@ use crate::canceller::Canceller;
 use crate::context::Context;
 use crate::error::Cause;
 use crate::node::Panic;
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, AtomicBool, Mutex, Ordering};
 
 type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
 
@@ -149,15 +149,20 @@ impl ReadyQueue {
 struct SlotWaker {
     index: usize,
     ready: Arc<ReadyQueue>,
+    /// Already in the ready list: further wakes before the next poll add
+    /// nothing, so the list stays as short as the number of slots.
+    queued: AtomicBool,
 }
 
 impl Wake for SlotWaker {
     fn wake(self: Arc<Self>) {
-        self.ready.push(self.index);
+        self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.push(self.index);
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready.push(self.index);
+        }
     }
 }
 
@@ -342,6 +347,7 @@ fn spawn_into<E>(shared: &Shared<E>, task: Task<E>) {
 struct Slot<E> {
     task: Option<Task<E>>,
     waker: Waker,
+    state: Arc<SlotWaker>,
     /// The `Wait::poll` call that last polled this slot, so that a task that
     /// wakes itself is polled once per call, not in a loop that starves
     /// whatever else runs beside the group.
@@ -415,17 +421,20 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
                         slot.task = Some(task);
                         // A new task gets its first poll in this call.
                         slot.round = 0;
+                        slot.state.queued.store(true, Ordering::Release);
                         index
                     }
                     None => {
                         let index = this.slots.len();
-                        let waker = Waker::from(Arc::new(SlotWaker {
+                        let state = Arc::new(SlotWaker {
                             index,
                             ready: this.shared.ready.clone(),
-                        }));
+                            queued: AtomicBool::new(true),
+                        });
                         this.slots.push(Slot {
                             task: Some(task),
-                            waker,
+                            waker: Waker::from(state.clone()),
+                            state,
                             round: 0,
                         });
                         index
@@ -448,6 +457,8 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
                     continue;
                 }
                 slot.round = round;
+                // Cleared before the poll: a wake during it queues again.
+                slot.state.queued.store(false, Ordering::Release);
                 let mut task_cx = TaskContext::from_waker(&slot.waker);
                 let polled = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut task_cx)));
                 let result = match polled {

@@ -47,7 +47,7 @@ use crate::drop_chain::release;
 use crate::error::{Cause, Error};
 use crate::merge::MergeLink;
 use crate::raw::{ChildList, Finish, Links, StateCell};
-use crate::sync::{get_mut, lock, Mutex, Timer};
+use crate::sync::{get_mut, lock, Mutex, Ordering, Timer};
 
 /// A panic caught in a callback, to be resumed by the thread that cancelled.
 pub(crate) type Panic = Box<dyn Any + Send + 'static>;
@@ -167,7 +167,7 @@ pub(crate) fn derive_cancel(
     link(parent, &node);
     if let Extra::Deadline(timer) = &node.extra {
         if node.state.mark_dependent().is_none() {
-            timer.arm();
+            timer.arm(&node);
         }
     }
     node
@@ -287,6 +287,10 @@ impl CancelNode {
         if self.state.mark_dependent().is_some() {
             return Some(callback);
         }
+        // Relaxed: the position is only read and written under this lock.
+        callback
+            .position()
+            .store(inner.callbacks.len(), Ordering::Relaxed);
         inner.callbacks.push(callback);
         None
     }
@@ -294,14 +298,28 @@ impl CancelNode {
     /// Forgets a stopped callback, so that registering and stopping in a loop
     /// does not grow a long-lived node.
     pub(crate) fn remove_callback(&self, callback: &Arc<dyn Callback>) {
-        let target = Arc::as_ptr(callback) as *const ();
         let removed = {
             let mut inner = lock(&self.inner);
-            let pos = inner
-                .callbacks
-                .iter()
-                .position(|c| Arc::as_ptr(c) as *const () == target);
-            pos.map(|i| inner.callbacks.swap_remove(i))
+            let callbacks = &mut inner.callbacks;
+            let at = callback.position().load(Ordering::Relaxed);
+            // Not there if a cancel has already taken the list.
+            let here = callbacks
+                .get(at)
+                .is_some_and(|c| Arc::as_ptr(c) as *const () == Arc::as_ptr(callback) as *const ());
+            if here {
+                let removed = callbacks.swap_remove(at);
+                if let Some(moved) = callbacks.get(at) {
+                    moved.position().store(at, Ordering::Relaxed);
+                }
+                // A parent that once had many callbacks (merged children)
+                // gives the memory back as they go.
+                if callbacks.capacity() > 16 && callbacks.len() < callbacks.capacity() / 4 {
+                    callbacks.shrink_to(callbacks.capacity() / 2);
+                }
+                Some(removed)
+            } else {
+                None
+            }
         };
         drop(removed);
     }
@@ -365,8 +383,13 @@ impl Drop for DetachedNode {
 impl DeadlineTimer {
     /// Registers the timer with the reactor, or cancels now if the deadline
     /// has already passed.
-    fn arm(self: &Arc<Self>) {
+    fn arm(self: &Arc<Self>, node: &CancelNode) {
         let mut slot = lock(&self.timer);
+        // A cancel that raced us has already disarmed (under this lock,
+        // after its CAS): then there is nothing to register.
+        if node.state.err().is_some() {
+            return;
+        }
         let mut timer = Timer::at(self.when);
         let waker = Waker::from(Arc::clone(self));
         let mut cx = std::task::Context::from_waker(&waker);
@@ -381,6 +404,9 @@ impl DeadlineTimer {
 
     /// Deregisters the timer from the reactor (dropping an `async_io::Timer`
     /// does that) and breaks the timer → waker → self cycle.
+    // Under loom the stand-in timer has no `Drop`; the explicit drop is for
+    // async-io's, outside our lock.
+    #[cfg_attr(loom, allow(clippy::drop_non_drop))]
     fn disarm(&self) {
         let timer = lock(&self.timer).take();
         drop(timer);

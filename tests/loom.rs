@@ -133,3 +133,66 @@ fn after_func_races_stop_and_cancel() {
         assert_eq!(stopped, runs == 0);
     });
 }
+
+/// A merged child's last handles dropped while its second parent is
+/// cancelled: the forwarding callback either finds the child gone or
+/// cancels it; no use after free, and once both threads are done nothing
+/// keeps the child alive (the value above it is freed exactly once) and
+/// both parents' lists are intact.
+///
+/// Here the merged child itself is meant to be freed on a spawned thread
+/// (the dropper, or the canceller if its callback upgraded the child last):
+/// that drop, which leaves both parents, is the race under test. Both
+/// parents stay on the main thread, as the header explains.
+#[test]
+fn merged_drop_races_other_cancel() {
+    model("merged_drop_races_other_cancel", || {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (a, _ca) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, cm) = a.with_value(FreeCount(freed.clone())).merge(&b);
+        let dropper = thread::spawn(move || {
+            drop(m);
+            drop(cm);
+        });
+        let canceller = thread::spawn(move || cancel_b.cancel());
+        dropper.join().unwrap();
+        canceller.join().unwrap();
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        assert!(b.is_done());
+        assert!(!a.is_done());
+        let (late, _l) = a.merge(&b);
+        assert_eq!(late.err(), Some(Error::Canceled));
+    });
+}
+
+/// Both parents of a merged child cancelled at once with different causes:
+/// the child takes exactly one, and its descendants see that same one.
+#[test]
+fn merged_parents_racing_causes_agree() {
+    model("merged_parents_racing_causes_agree", || {
+        let (a, cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, _cm) = a.merge(&b);
+        let (child, _c) = m.with_value(7u8).with_cancel();
+        let ta = thread::spawn(move || cancel_a.cancel_with_cause(cause("self")));
+        let tb = thread::spawn(move || cancel_b.cancel_with_cause(cause("other")));
+        ta.join().unwrap();
+        tb.join().unwrap();
+        let merged_cause = m.cause().unwrap().to_string();
+        assert!(merged_cause == "self" || merged_cause == "other");
+        assert_eq!(child.cause().unwrap().to_string(), merged_cause);
+        assert_eq!(a.cause().unwrap().to_string(), "self");
+        assert_eq!(b.cause().unwrap().to_string(), "other");
+    });
+}
+
+/// Counts its drops: hung above a merged child, it tells when that child
+/// has been freed.
+struct FreeCount(Arc<AtomicUsize>);
+
+impl Drop for FreeCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,425 @@
+//! No leaks without `cancel()`: a long-lived parent with a million
+//! short-lived children that are never cancelled holds memory for the live
+//! ones only.
+//!
+//! This file installs a counting global allocator, which applies to this
+//! whole test binary, so it holds leak tests only, and they run one at a
+//! time (`SERIAL`): live bytes are a process-wide number.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use ctxtree::{Canceller, Context, Error};
+
+/// Live heap bytes of the whole process (signed: a block allocated before a
+/// baseline may be freed after it).
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+struct Counting;
+
+// SAFETY: every call is forwarded to `System` unchanged; we only count.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::SeqCst)
+}
+
+/// One leak test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Room for noise that is not ours: thread-local buffers, and above all the
+/// test harness, whose main thread may still be handling the previous
+/// test's result and spawning the next test's thread (which then blocks on
+/// `SERIAL`) while a test measures; up to ~10 KiB of that was seen on a
+/// loaded 2-core machine. A leak of even one byte per child in the loops
+/// below (500,000 children at the half-way sample) is far beyond it, and the
+/// single-object checks hang a 1 MiB value above the node, so a retained
+/// node cannot hide in it.
+const SLACK: isize = 64 * 1024;
+
+/// The size of the value that single-object checks hang above a node.
+const BIG: usize = 1 << 20;
+
+/// A child of `parent` whose own parent is a value node holding `BIG`
+/// bytes: while the child's node lives, so do those bytes.
+fn child_holding_big_value(parent: &Context) -> (Context, Canceller) {
+    parent.with_value(vec![1u8; BIG]).with_cancel()
+}
+
+/// async-io queues timer insertions and removals (up to 1,000 operations,
+/// `TIMER_QUEUE_SIZE`) and applies them in batches, either when the queue is
+/// full or when its reactor thread next wakes. Until then each queued
+/// insertion holds the timer's waker: our deadline record, which holds a
+/// weak reference to the node, so the node's allocation (not its contents)
+/// stays too. That is bounded by the queue size, not by how many contexts
+/// were made; about 300 bytes each in practice, 512 allowed. Only needed
+/// while the loop runs: before measuring at the end, `flush_timer_ops`
+/// empties the queue, and the tight `SLACK` applies.
+const TIMER_SLACK: isize = 1000 * 512 + SLACK;
+
+/// Makes async-io apply every timer operation queued so far. Its queue is
+/// FIFO and the reactor applies the queued operations before it fires
+/// anything, so once a timer registered now has fired on the reactor
+/// thread, every earlier insertion and removal has been applied and their
+/// wakers dropped. (A signal, not a sleep.)
+fn flush_timer_ops() {
+    loop {
+        let (ctx, _c) = Context::background().with_timeout(Duration::from_millis(20));
+        let fired_on = Arc::new(Mutex::new(None));
+        let slot = fired_on.clone();
+        let _af = ctx.after_func(move || *slot.lock().unwrap() = Some(std::thread::current().id()));
+        assert_eq!(
+            ctx.wait_timeout(Duration::from_secs(10)),
+            Some(Error::DeadlineExceeded),
+            "flush timer never fired"
+        );
+        // Callbacks run just after the node is marked done.
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while fired_on.lock().unwrap().is_none() && Instant::now() < give_up {
+            std::thread::yield_now();
+        }
+        let fired_on = fired_on.lock().unwrap().expect("callback ran");
+        // Already past when it was armed (a very slow machine): it never
+        // reached the reactor, so try again.
+        if fired_on != std::thread::current().id() {
+            return;
+        }
+    }
+}
+
+/// How many children the big loops make and drop.
+const N: usize = 1_000_000;
+
+/// Asserts that live bytes are within `slack` of `baseline`.
+#[track_caller]
+fn assert_near(what: &str, baseline: isize, slack: isize) {
+    let now = live();
+    assert!(
+        now - baseline <= slack,
+        "{what}: {} bytes more than the baseline (slack {slack})",
+        now - baseline
+    );
+}
+
+/// Checks that the allocator counts at all, so the tests below can fail:
+/// holding `n` children of `parent` costs at least `n * 32` bytes.
+fn assert_counting(parent: &Context, make: impl Fn(&Context) -> Context) {
+    let before = live();
+    let held: Vec<Context> = (0..1000).map(|_| make(parent)).collect();
+    assert!(
+        live() - before >= 1000 * 32,
+        "the counting allocator does not count"
+    );
+    drop(held);
+}
+
+/// Creates and drops `N` children made by `make`, sampling live bytes at
+/// the half-way mark (within `slack`) and at the end (within `SLACK`, after
+/// `flush` if given).
+fn churn(parent: &Context, slack: isize, flush: Option<fn()>, make: impl Fn(&Context) -> Context) {
+    // Warm up: lazy statics (the async-io reactor and its thread), thread
+    // locals, the first growth of anything amortised.
+    for _ in 0..5_000 {
+        drop(make(parent));
+    }
+    assert_counting(parent, &make);
+    if let Some(flush) = flush {
+        flush();
+    }
+    let baseline = live();
+    for i in 0..N {
+        let child = make(parent);
+        assert!(!child.is_done());
+        drop(child);
+        if i == N / 2 {
+            assert_near("half-way through the loop", baseline, slack);
+        }
+    }
+    if let Some(flush) = flush {
+        flush();
+    }
+    assert_near("after the loop", baseline, SLACK);
+}
+
+#[test]
+fn with_cancel_children_dropped_uncancelled_free_everything() {
+    let _serial = serial();
+    let (parent, cancel) = Context::background().with_cancel();
+    let (kept, _kc) = parent.with_cancel();
+    churn(&parent, SLACK, None, |p| {
+        let (child, canceller) = p.with_cancel();
+        drop(canceller);
+        child
+    });
+    // The list is intact: the parent's cancel still reaches a live child.
+    cancel.cancel();
+    assert_eq!(kept.err(), Some(Error::Canceled));
+}
+
+#[test]
+fn with_cancel_children_through_a_value_node_free_everything() {
+    let _serial = serial();
+    let (parent, cancel) = Context::background().with_cancel();
+    let via_value = parent.with_value(1u64);
+    let (kept, _kc) = via_value.with_cancel();
+    churn(&via_value, SLACK, None, |p| p.with_cancel().0);
+    cancel.cancel();
+    assert_eq!(kept.err(), Some(Error::Canceled));
+}
+
+#[test]
+fn with_value_children_free_everything() {
+    let _serial = serial();
+    let (parent, cancel) = Context::background().with_cancel();
+    churn(&parent, SLACK, None, |p| p.with_value([7u64; 4]));
+    cancel.cancel();
+}
+
+#[test]
+fn cancelled_children_free_everything() {
+    let _serial = serial();
+    let (parent, cancel) = Context::background().with_cancel();
+    let (kept, _kc) = parent.with_cancel();
+    churn(&parent, SLACK, None, |p| {
+        let (child, canceller) = p.with_cancel();
+        let ctx = child.clone();
+        canceller.cancel();
+        assert!(ctx.is_done());
+        // Return a live one so `churn`'s liveness check holds.
+        p.with_value(0u8)
+    });
+    cancel.cancel();
+    assert_eq!(kept.err(), Some(Error::Canceled));
+}
+
+#[test]
+fn with_timeout_children_deregister_their_timers() {
+    let _serial = serial();
+    let (parent, cancel) = Context::background().with_cancel();
+    let (kept, _kc) = parent.with_timeout(Duration::from_secs(3600));
+    churn(&parent, TIMER_SLACK, Some(flush_timer_ops), |p| {
+        p.with_timeout(Duration::from_secs(3600)).0
+    });
+    cancel.cancel();
+    assert_eq!(kept.err(), Some(Error::Canceled));
+}
+
+#[test]
+fn children_with_unrun_callbacks_free_everything() {
+    let _serial = serial();
+    let (parent, cancel) = Context::background().with_cancel();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    churn(&parent, SLACK, None, move |p| {
+        let (child, _canceller) = p.with_cancel();
+        let r = r.clone();
+        drop(child.after_func(move || {
+            r.fetch_add(1, Ordering::Relaxed);
+        }));
+        child
+    });
+    cancel.cancel();
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// Polls `fut` once with a waker that does nothing.
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    let waker = futures::task::noop_waker();
+    let mut cx = TaskContext::from_waker(&waker);
+    Pin::new(fut).poll(&mut cx)
+}
+
+#[test]
+fn done_of_a_dropped_child_frees_it_when_dropped() {
+    let _serial = serial();
+    let (parent, cancel) = Context::background().with_cancel();
+    // Warm up.
+    for _ in 0..1000 {
+        let (child, _c) = parent.with_cancel();
+        let mut done = child.done();
+        assert!(poll_once(&mut done).is_pending());
+    }
+    let baseline = live();
+
+    // An unpolled Done.
+    let (child, canceller) = child_holding_big_value(&parent);
+    let done = child.done();
+    drop((child, canceller));
+    assert!(
+        live() - baseline >= BIG as isize,
+        "the Done keeps the node (and so its parent's value)"
+    );
+    drop(done);
+    assert_near("after dropping an unpolled Done", baseline, SLACK);
+
+    // A polled, pending Done: it has a listener registered.
+    let (child, canceller) = child_holding_big_value(&parent);
+    let mut done = child.done();
+    assert!(poll_once(&mut done).is_pending());
+    drop((child, canceller));
+    assert!(poll_once(&mut done).is_pending());
+    assert!(live() - baseline >= BIG as isize);
+    drop(done);
+    assert_near("after dropping a pending Done", baseline, SLACK);
+
+    // Many of them, each polled, none cancelled.
+    for _ in 0..100_000 {
+        let (child, _c) = parent.with_cancel();
+        let mut done = child.done();
+        drop(child);
+        assert!(poll_once(&mut done).is_pending());
+    }
+    assert_near("after 100,000 pending Dones", baseline, SLACK);
+    cancel.cancel();
+}
+
+#[test]
+fn pending_done_of_a_dropped_child_still_resolves_then_frees() {
+    let _serial = serial();
+    // Warm up.
+    let (parent, cancel) = Context::background().with_cancel();
+    let (child, c) = parent.with_cancel();
+    let mut warm = child.done();
+    drop((child, c));
+    assert!(poll_once(&mut warm).is_pending());
+    cancel.cancel();
+    assert_eq!(poll_once(&mut warm), Poll::Ready(Error::Canceled));
+    drop(warm);
+
+    let (parent, cancel) = Context::background().with_cancel();
+    let baseline = live();
+    let (child, c) = child_holding_big_value(&parent);
+    let mut done = child.done();
+    drop((child, c));
+    assert!(poll_once(&mut done).is_pending());
+    cancel.cancel();
+    assert_eq!(poll_once(&mut done), Poll::Ready(Error::Canceled));
+    assert!(live() - baseline >= BIG as isize);
+    drop(done);
+    assert_near("after a resolved Done", baseline, SLACK);
+}
+
+#[test]
+fn a_deep_dropped_chain_frees_everything() {
+    let _serial = serial();
+    let (root, cancel) = Context::background().with_cancel();
+    let baseline = live();
+    let mut leaf = root.clone();
+    for i in 0..100_000u32 {
+        leaf = if i % 2 == 0 {
+            leaf.with_cancel().0
+        } else {
+            leaf.with_value(i)
+        };
+    }
+    assert!(live() - baseline > 100_000 * 32);
+    drop(leaf);
+    assert_near("after dropping a 100,000-deep chain", baseline, SLACK);
+    cancel.cancel();
+}
+
+#[test]
+fn dropped_pending_dones_of_a_live_node_leave_nothing_behind() {
+    let _serial = serial();
+    let (ctx, cancel) = Context::background().with_cancel();
+    // Warm up (the node's event allocates its listener list once).
+    for _ in 0..1000 {
+        let mut done = ctx.done();
+        assert!(poll_once(&mut done).is_pending());
+    }
+    let baseline = live();
+    for i in 0..N / 2 {
+        let mut done = ctx.done();
+        assert!(poll_once(&mut done).is_pending());
+        drop(done);
+        if i == N / 4 {
+            assert_near("half-way through the loop", baseline, SLACK);
+        }
+    }
+    assert_near("after the loop", baseline, SLACK);
+    // The ones still registered are woken.
+    let mut kept = ctx.done();
+    assert!(poll_once(&mut kept).is_pending());
+    cancel.cancel();
+    assert_eq!(poll_once(&mut kept), Poll::Ready(Error::Canceled));
+}
+
+#[test]
+fn stopped_callbacks_of_a_live_node_leave_nothing_behind() {
+    let _serial = serial();
+    let (ctx, cancel) = Context::background().with_cancel();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let register = |ctx: &Context| {
+        let r = runs.clone();
+        ctx.after_func(move || {
+            r.fetch_add(1, Ordering::Relaxed);
+        })
+    };
+    for _ in 0..1000 {
+        assert!(register(&ctx).stop());
+    }
+    let baseline = live();
+    for i in 0..N / 2 {
+        let af = register(&ctx);
+        assert!(af.stop());
+        drop(af);
+        if i == N / 4 {
+            assert_near("half-way through the loop", baseline, SLACK);
+        }
+    }
+    assert_near("after the loop", baseline, SLACK);
+    let kept = register(&ctx);
+    cancel.cancel();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(!kept.stop());
+}
