@@ -11,8 +11,15 @@ use std::sync::Arc;
 use std::thread;
 
 use ctxtree::{Canceller, Context, Error};
-
-const DEPTH: usize = 1_000_000;
+/// 1_000_000, or 20_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
+/// where memcheck runs the same paths some 50 times slower.
+fn depth() -> usize {
+    if std::env::var_os("CTXTREE_VALGRIND").is_some() {
+        20_000
+    } else {
+        1_000_000
+    }
+}
 
 /// Runs `f` on a thread with a 2 MiB stack and returns its result.
 fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -44,14 +51,14 @@ struct Chain {
     samples: Vec<Context>,
 }
 
-/// Builds `DEPTH` levels below `root`, alternating `with_cancel` and
+/// Builds `depth()` levels below `root`, alternating `with_cancel` and
 /// `with_value(Level)`. Keeps every Canceller if `keep` (otherwise they are
 /// dropped as the chain is built).
 fn alternating_chain(root: &Context, keep: bool) -> Chain {
-    let mut cancellers = Vec::with_capacity(if keep { DEPTH / 2 } else { 0 });
+    let mut cancellers = Vec::with_capacity(if keep { depth() / 2 } else { 0 });
     let mut samples = Vec::new();
     let mut leaf = root.clone();
-    for i in 0..DEPTH {
+    for i in 0..depth() {
         leaf = if i % 2 == 0 {
             let (next, cancel) = leaf.with_cancel();
             if keep {
@@ -85,10 +92,10 @@ fn kept_cancellers_cancel_then_drop(leaf_first: bool) {
             cancellers,
             samples,
         } = alternating_chain(&root, true);
-        assert_eq!(cancellers.len(), DEPTH / 2);
+        assert_eq!(cancellers.len(), depth() / 2);
         assert!(!leaf.is_done());
         assert!(samples.iter().all(|c| !c.is_done()));
-        assert_eq!(leaf.value::<Level>().map(|l| l.0), Some(DEPTH - 1));
+        assert_eq!(leaf.value::<Level>().map(|l| l.0), Some(depth() - 1));
 
         root_cancel.cancel();
         assert_eq!(leaf.err(), Some(Error::Canceled));
@@ -240,10 +247,10 @@ fn value_only_chain_dropped() {
     on_small_stack(|| {
         let freed = Arc::new(AtomicUsize::new(0));
         let mut leaf = Context::background().with_value(DropProbe(freed.clone()));
-        for i in 0..DEPTH {
+        for i in 0..depth() {
             leaf = leaf.with_value(i);
         }
-        assert_eq!(leaf.value::<usize>(), Some(&(DEPTH - 1)));
+        assert_eq!(leaf.value::<usize>(), Some(&(depth() - 1)));
         // A lookup that walks the whole chain, iteratively.
         assert!(leaf.value::<DropProbe>().is_some());
         assert_eq!(leaf.value::<u8>(), None);
@@ -259,7 +266,7 @@ fn value_only_chain_under_a_cancel_node_is_cancelled() {
     on_small_stack(|| {
         let (root, cancel) = Context::background().with_cancel();
         let mut leaf = root.clone();
-        for i in 0..DEPTH {
+        for i in 0..depth() {
             leaf = leaf.with_value(i as u32);
         }
         let (below, _c) = leaf.with_cancel();

@@ -138,7 +138,15 @@ fn flush_timer_ops() {
 }
 
 /// How many children the big loops make and drop.
-const N: usize = 1_000_000;
+/// 1_000_000, or 10_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
+/// where memcheck runs the same paths some 50 times slower.
+fn n() -> usize {
+    if std::env::var_os("CTXTREE_VALGRIND").is_some() {
+        10_000
+    } else {
+        1_000_000
+    }
+}
 
 /// Asserts that live bytes are within `slack` of `baseline`.
 #[track_caller]
@@ -163,7 +171,7 @@ fn assert_counting(parent: &Context, make: impl Fn(&Context) -> Context) {
     drop(held);
 }
 
-/// Creates and drops `N` children made by `make`, sampling live bytes at
+/// Creates and drops `n()` children made by `make`, sampling live bytes at
 /// the half-way mark (within `slack`) and at the end (within `SLACK`, after
 /// `flush` if given).
 fn churn(parent: &Context, slack: isize, flush: Option<fn()>, make: impl Fn(&Context) -> Context) {
@@ -177,11 +185,11 @@ fn churn(parent: &Context, slack: isize, flush: Option<fn()>, make: impl Fn(&Con
         flush();
     }
     let baseline = live();
-    for i in 0..N {
+    for i in 0..n() {
         let child = make(parent);
         assert!(!child.is_done());
         drop(child);
-        if i == N / 2 {
+        if i == n() / 2 {
             assert_near("half-way through the loop", baseline, slack);
         }
     }
@@ -378,11 +386,11 @@ fn dropped_pending_dones_of_a_live_node_leave_nothing_behind() {
         assert!(poll_once(&mut done).is_pending());
     }
     let baseline = live();
-    for i in 0..N / 2 {
+    for i in 0..n() / 2 {
         let mut done = ctx.done();
         assert!(poll_once(&mut done).is_pending());
         drop(done);
-        if i == N / 4 {
+        if i == n() / 4 {
             assert_near("half-way through the loop", baseline, SLACK);
         }
     }
@@ -409,11 +417,11 @@ fn stopped_callbacks_of_a_live_node_leave_nothing_behind() {
         assert!(register(&ctx).stop());
     }
     let baseline = live();
-    for i in 0..N / 2 {
+    for i in 0..n() / 2 {
         let af = register(&ctx);
         assert!(af.stop());
         drop(af);
-        if i == N / 4 {
+        if i == n() / 4 {
             assert_near("half-way through the loop", baseline, SLACK);
         }
     }

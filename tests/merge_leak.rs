@@ -96,7 +96,15 @@ const BIG: usize = 1 << 20;
 /// How many merged children the big loops make and drop. A debug build
 /// makes and drops about 1,000,000 in well under 30 s here (measured: see
 /// the report in the loop test), so the full million runs in both profiles.
-const N: usize = 1_000_000;
+/// 1_000_000, or 10_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
+/// where memcheck runs the same paths some 50 times slower.
+fn n() -> usize {
+    if std::env::var_os("CTXTREE_VALGRIND").is_some() {
+        10_000
+    } else {
+        1_000_000
+    }
+}
 
 #[track_caller]
 fn assert_near(what: &str, baseline: isize, slack: isize) {
@@ -147,9 +155,10 @@ fn a_million_merged_children_of_two_live_parents_free_everything() {
     let (kept, _kc) = a.merge(&b);
     let (kept_b, _kbc) = b.merge(&a);
     let start = std::time::Instant::now();
-    churn(N, false, || a.merge(&b));
+    churn(n(), false, || a.merge(&b));
     eprintln!(
-        "{N} merged children made and dropped in {:?}",
+        "{} merged children made and dropped in {:?}",
+        n(),
         start.elapsed()
     );
     // Both lists are intact: `other`'s cancel reaches the live one, and so
@@ -168,7 +177,7 @@ fn merged_children_through_value_nodes_free_everything() {
     let a = a.with_value(1u32);
     let b = b.with_value(2u64);
     let (kept, _kc) = a.merge(&b);
-    churn(N / 10, false, || a.merge(&b));
+    churn(n() / 10, false, || a.merge(&b));
     cancel_b.cancel();
     assert!(kept.is_done());
 }
@@ -180,8 +189,8 @@ fn merged_children_with_a_never_done_other_free_everything() {
     let (hidden, cancel_hidden) = Context::background().with_cancel();
     let detached = hidden.without_cancel();
     let bg = Context::background();
-    churn(N / 10, false, || a.merge(&bg));
-    churn(N / 10, false, || a.merge(&detached));
+    churn(n() / 10, false, || a.merge(&bg));
+    churn(n() / 10, false, || a.merge(&detached));
     cancel_hidden.cancel();
 }
 
@@ -192,7 +201,7 @@ fn merged_children_done_through_self_still_leave_other() {
     let _serial = serial();
     let (b, cancel_b) = Context::background().with_cancel();
     let (kept, _kc) = Context::background().merge(&b);
-    churn(N / 10, true, || {
+    churn(n() / 10, true, || {
         let (a, ca) = Context::background().with_cancel();
         let merged = a.merge(&b);
         ca.cancel();
@@ -207,7 +216,7 @@ fn merged_children_cancelled_by_other_free_everything() {
     let _serial = serial();
     let (a, _ca) = Context::background().with_cancel();
     let (kept, _kc) = a.with_cancel();
-    churn(N / 10, true, || {
+    churn(n() / 10, true, || {
         let (b, cb) = a.with_cancel();
         let merged = Context::todo().merge(&b);
         cb.cancel();
@@ -220,16 +229,16 @@ fn merged_children_cancelled_by_other_free_everything() {
 fn merged_with_itself_an_ancestor_or_a_descendant_free_everything() {
     let _serial = serial();
     let (root, cancel_root) = Context::background().with_cancel();
-    churn(N / 10, false, || {
+    churn(n() / 10, false, || {
         let (a, _ca) = root.with_cancel();
         a.merge(&a)
     });
-    churn(N / 10, false, || {
+    churn(n() / 10, false, || {
         let (a, _ca) = root.with_cancel();
         let (child, _cc) = a.with_value(1u8).with_cancel();
         child.merge(&a)
     });
-    churn(N / 10, false, || {
+    churn(n() / 10, false, || {
         let (a, _ca) = root.with_cancel();
         let (child, _cc) = a.with_cancel();
         a.merge(&child)
