@@ -407,7 +407,8 @@ where
         }
     }
     const LIMIT: usize = 64;
-    const FAILS: usize = 5_000;
+    // The task in the middle fails.
+    let fails = tasks() / 2;
     let yield_now = Arc::new(yield_now);
     let flight = Arc::new(InFlight::default());
     let failed = Arc::new(AtomicBool::new(false));
@@ -425,12 +426,12 @@ where
             // Started after the failure: must see it, as the cause.
             if failed.load(Ordering::SeqCst) {
                 assert_eq!(ctx.err(), Some(Error::Canceled));
-                assert_eq!(cause_id(&ctx), Some(FAILS));
+                assert_eq!(cause_id(&ctx), Some(fails));
                 saw_cause.fetch_add(1, Ordering::SeqCst);
                 return Ok(());
             }
             yield_now().await;
-            if i == FAILS {
+            if i == fails {
                 failed.store(true, Ordering::SeqCst);
                 return Err(TaskErr(i));
             }
@@ -439,8 +440,8 @@ where
         });
     }
     let err = group.wait().await.unwrap_err();
-    assert_eq!(*err, TaskErr(FAILS));
-    assert_eq!(cause_id(&ctx), Some(FAILS));
+    assert_eq!(*err, TaskErr(fails));
+    assert_eq!(cause_id(&ctx), Some(fails));
     assert_eq!(flight.started.load(Ordering::SeqCst), tasks());
     let max = flight.max();
     assert!(max <= LIMIT, "{max} tasks in flight, limit {LIMIT}");
@@ -448,9 +449,9 @@ where
         max >= LIMIT / 2,
         "only {max} in flight: tasks did not overlap"
     );
-    // Every task from FAILS + LIMIT on started after task FAILS finished.
+    // Every task from `fails + LIMIT` on started after task `fails` finished.
     assert!(
-        saw_cause.load(Ordering::SeqCst) >= tasks() - FAILS - LIMIT,
+        saw_cause.load(Ordering::SeqCst) >= tasks() - fails - LIMIT,
         "{} tasks saw the failure",
         saw_cause.load(Ordering::SeqCst)
     );
