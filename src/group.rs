@@ -362,6 +362,19 @@ pin_project_lite::pin_project! {
     ///
     /// Dropping it drops every task that has not finished, and cancels the
     /// group's context.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group};
+    ///
+    /// let group = Group::<std::io::Error>::new(&Context::background());
+    /// let ctx = group.context().clone();
+    /// group.spawn(async { Ok(()) });
+    /// let wait = group.wait();
+    /// drop(wait); // the task never ran, and the group's context is cancelled
+    /// assert!(ctx.is_done());
+    /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Wait<E> {
         canceller: Canceller,

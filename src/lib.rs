@@ -63,6 +63,43 @@
 //! [`Context::run`] does that race for you, and a plain thread can block with
 //! [`Context::wait`] or [`Context::wait_timeout`].
 //!
+//! # Beyond Go: merged contexts and error groups
+//!
+//! [`Context::merge`] derives a context that is done when either of two
+//! parents is (Go declined `context.Merge`; C# calls it a linked token):
+//!
+//! ```
+//! use ctxtree::{Context, Error};
+//!
+//! let (request, _c) = Context::background().with_cancel();
+//! let (shutdown, stop_server) = Context::background().with_cancel();
+//! let (work, _w) = request.merge(&shutdown);
+//! stop_server.cancel();
+//! assert_eq!(work.err(), Some(Error::Canceled));
+//! ```
+//!
+//! [`Group`] is Go's `errgroup` without an executor: its tasks run inside
+//! the [`wait`](Group::wait) future, and the first error cancels the rest,
+//! with that error as the [`cause`](Context::cause):
+//!
+//! ```
+//! use std::io;
+//! use ctxtree::{Context, Group};
+//!
+//! let group = Group::<io::Error>::new(&Context::background());
+//! let ctx = group.context().clone();
+//! group.spawn(async { Err(io::Error::other("backend down")) });
+//! group.spawn(async move {
+//!     ctx.done().await; // cancelled by the failure above
+//!     Ok(())
+//! });
+//! let err = futures::executor::block_on(group.wait()).unwrap_err();
+//! assert_eq!(err.to_string(), "backend down");
+//! ```
+//!
+//! [`wire`] carries deadlines across processes, and [`stream::until_done`]
+//! ends a stream with its context.
+//!
 //! # Rules of use
 //!
 //! As in Go: pass a `Context` explicitly to the functions that need it; do
