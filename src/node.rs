@@ -141,6 +141,8 @@ pub(crate) struct DeadlineTimer {
 /// callbacks to run once every node is done.
 struct Walk {
     stack: Vec<(Arc<CancelNode>, Finish)>,
+    /// Finished nodes with waiters, notified after the walk.
+    listened: Vec<Arc<CancelNode>>,
     callbacks: Vec<Arc<dyn Callback>>,
 }
 
@@ -244,6 +246,7 @@ impl CancelNode {
         let mut walk = Walk {
             stack: Vec::new(),
             callbacks: Vec::new(),
+            listened: Vec::new(),
         };
         self.visit(first, err, &cause, &mut walk);
         // A node cancelled on its own leaves its parent's list now, as in Go,
@@ -253,19 +256,28 @@ impl CancelNode {
         }
         while let Some((child, finish)) = walk.stack.pop() {
             child.visit(finish, err, &cause, &mut walk);
-            // Dropping `child` may run its `Drop`, which locks this walk's
-            // nodes; we hold no lock here.
+            if finish.listened {
+                walk.listened.push(child);
+            }
+            // Otherwise dropping `child` may run its `Drop`, which locks this
+            // walk's nodes; we hold no lock here.
+        }
+        // Only now, with the whole subtree done, wake the waiters: whoever
+        // sees any node of it done sees all of it done.
+        if first.listened {
+            self.event.notify(usize::MAX);
+        }
+        for node in walk.listened.drain(..) {
+            node.event.notify(usize::MAX);
         }
         run_callbacks(walk.callbacks)
     }
 
-    /// The winner's work on one node it finished (invariant 1): wake its
-    /// waiters, finish its children, take its callbacks, stop its timer. A
-    /// node with nothing attached (no `DEPENDENTS` flag) needs no lock.
+    /// The winner's work on one node it finished (invariant 1): finish its
+    /// children, take its callbacks, stop its timer. A node with nothing
+    /// attached (no `DEPENDENTS` flag) needs no lock. Its waiters are woken
+    /// by the caller once the whole walk is over.
     fn visit(&self, finish: Finish, err: Error, cause: &Option<Cause>, walk: &mut Walk) {
-        if finish.listened {
-            self.event.notify(usize::MAX);
-        }
         if finish.dependents {
             {
                 let mut inner = lock(&self.inner);
