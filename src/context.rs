@@ -546,6 +546,7 @@ impl fmt::Display for Context {
                     Extra::None => f.write_str(".WithCancel")?,
                     Extra::Deadline(timer) => write_deadline(f, timer.when)?,
                     Extra::Merge(merge) => write!(f, ".Merge({})", merge.other)?,
+                    Extra::MergeRoot(root) => write!(f, ".Merge({root})")?,
                 },
                 Repr::Value(node) => write!(f, ".WithValue({})", node.type_name)?,
                 Repr::Detached(_) => f.write_str(".WithoutCancel")?,

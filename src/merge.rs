@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use crate::after_func::AfterFunc;
 use crate::context::Context;
-use crate::node::{link, new_node, CancelNode, Extra};
+use crate::node::{link, new_node, CancelNode, Extra, Repr};
 
 /// What a merged node keeps of its second parent.
 pub(crate) struct MergeLink {
@@ -38,6 +38,18 @@ pub(crate) fn derive_merged(first: &Context, second: &Context) -> Arc<CancelNode
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // A root can never be done: the child is a plain `with_cancel` child
+    // that only remembers the root's name for `Display`.
+    let root = match &second.repr {
+        Repr::Background => Some("context.Background"),
+        Repr::Todo => Some("context.TODO"),
+        _ => None,
+    };
+    if let Some(root) = root {
+        let node = Arc::new(new_node(first, deadline, Extra::MergeRoot(root)));
+        link(first, &node);
+        return node;
+    }
     let merge = MergeLink {
         other: second.clone(),
         forward: OnceLock::new(),

@@ -107,6 +107,9 @@ pub(crate) enum Extra {
     Deadline(Arc<DeadlineTimer>),
     /// A second parent (`Context::merge`).
     Merge(Box<MergeLink>),
+    /// A second parent that is a root, which can never be done: nothing to
+    /// keep but its name, so no allocation.
+    MergeRoot(&'static str),
 }
 
 struct Inner {
@@ -367,6 +370,7 @@ impl Drop for CancelNode {
             Extra::Deadline(timer) => timer.disarm(),
             // Leave the second parent at once too: no callback stays there.
             Extra::Merge(link) => link.unregister(),
+            Extra::MergeRoot(_) => {}
         }
         if let Some(parent) = self.parent.take() {
             release(parent);
