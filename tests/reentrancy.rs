@@ -99,7 +99,8 @@ fn callback_cancels_its_own_node() {
 #[test]
 fn callback_cancels_its_own_node_on_the_timer_thread() {
     within("callback_cancels_its_own_node_on_the_timer_thread", || {
-        let (ctx, cancel) = Context::background().with_timeout(Duration::from_millis(5));
+        // Long enough to register the callback first, even under valgrind.
+        let (ctx, cancel) = Context::background().with_timeout(Duration::from_millis(500));
         let (tx, rx) = mpsc::channel();
         let again = cancel.clone();
         let _h = ctx.after_func(move || {
@@ -107,7 +108,7 @@ fn callback_cancels_its_own_node_on_the_timer_thread() {
             let _ = tx.send(thread::current().id());
         });
         let ran_on = rx
-            .recv_timeout(Duration::from_secs(5))
+            .recv_timeout(Duration::from_secs(10))
             .expect("the deadline's callback ran");
         assert_ne!(ran_on, thread::current().id());
         assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
@@ -615,7 +616,8 @@ fn waker_cancels_its_own_context() {
 #[test]
 fn waker_cancels_from_the_timer_thread() {
     within("waker_cancels_from_the_timer_thread", || {
-        let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(5));
+        // Long enough to poll once before it fires, even under valgrind.
+        let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(500));
         let (other, other_cancel) = Context::background().with_cancel();
         let waker = Arc::new(CancellingWaker {
             target: other_cancel,
@@ -624,7 +626,7 @@ fn waker_cancels_from_the_timer_thread() {
         let mut done = ctx.done();
         poll_pending(&mut done, &Waker::from(waker.clone()));
         assert_eq!(
-            other.wait_timeout(Duration::from_secs(5)),
+            other.wait_timeout(Duration::from_secs(10)),
             Some(Error::Canceled)
         );
         assert_eq!(cause_text(&other).as_deref(), Some("from the waker"));
