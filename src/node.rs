@@ -265,8 +265,10 @@ impl CancelNode {
             // Otherwise dropping `child` may run its `Drop`, which locks this
             // walk's nodes; we hold no lock here.
         }
-        // Only now, with the whole subtree done, wake the waiters: whoever
-        // sees any node of it done sees all of it done.
+        // Wake the waiters once the whole subtree is done, so that a parked
+        // waiter woken by this cancel finds it done. (A thread that checks
+        // mid-walk can still see a node done before its descendants, as in
+        // Go; `cancel()` itself returns only after all of them.)
         if first.listened {
             self.event.notify(usize::MAX);
         }

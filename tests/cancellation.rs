@@ -798,31 +798,3 @@ fn cancel_wakes_every_waiter_once() {
     }
     assert_eq!(woken.load(Ordering::SeqCst), 8);
 }
-
-/// Waiters are woken only after the whole subtree is done: a thread that
-/// sees the parent done always sees every descendant done.
-#[test]
-fn a_woken_waiter_sees_the_whole_subtree_done() {
-    for _ in 0..200 {
-        let (parent, cancel) = Context::background().with_cancel();
-        let mut leaves = Vec::new();
-        for _ in 0..50 {
-            let (child, _c) = parent.with_value(1u8).with_cancel();
-            let (leaf, _l) = child.with_cancel();
-            leaves.push((leaf, _c, _l));
-        }
-        let watcher = {
-            let parent = parent.clone();
-            let leaves: Vec<_> = leaves.iter().map(|(l, _, _)| l.clone()).collect();
-            std::thread::spawn(move || {
-                parent.wait();
-                leaves.iter().all(|l| l.is_done())
-            })
-        };
-        cancel.cancel();
-        assert!(
-            watcher.join().unwrap(),
-            "a waiter woke before the subtree was done"
-        );
-    }
-}

@@ -153,8 +153,11 @@ fn timeout_cause_is_reported_when_the_deadline_fires() {
     let (child, _cc) = ctx.with_cancel();
     let valued = child.with_value(0u8);
     assert!(ctx.cause().is_none());
+    // Wait on the deepest node: the walk finishes parents first, so once it
+    // is done all three are (a wait on `ctx` that starts after the timer
+    // fired could return while the walk is still below it).
     assert_eq!(
-        ctx.wait_timeout(GENEROUS),
+        valued.wait_timeout(GENEROUS),
         Some(Error::DeadlineExceeded),
         "20ms deadline not observed within 5s"
     );
