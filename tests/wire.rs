@@ -300,6 +300,16 @@ fn client_to_server_gives_no_more_than_the_time_left() {
         let header = encode_timeout(&client).unwrap();
         let (server, _s) = with_wire_timeout(&Context::background(), &header).unwrap();
         let in_transit = encoded_at.elapsed();
+        if header == "1n" {
+            // The budget ran out before it was encoded (a slow machine, or
+            // valgrind): the smallest positive timeout, so the server gives
+            // up at once.
+            assert!(
+                server.wait_timeout(Duration::from_secs(5)).is_some(),
+                "{budget} ns"
+            );
+            continue;
+        }
         // Later than the client's deadline by the time "in transit" at most.
         assert!(
             server.deadline().unwrap() <= client.deadline().unwrap() + in_transit,
