@@ -307,7 +307,9 @@ fn deadline_is_the_earliest_on_the_path_through_value_nodes() {
 
 #[test]
 fn deadline_callback_runs_on_another_thread() {
-    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
+    // Long enough to register the callback before it fires, even under
+    // valgrind.
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(500));
     let (tx, rx) = mpsc::channel();
     let observed = ctx.clone();
     let _af = ctx.after_func(move || {
@@ -498,7 +500,9 @@ fn many_timers_fire_each_not_before_its_deadline() {
 
 #[test]
 fn a_panicking_callback_on_the_timer_thread_is_swallowed() {
-    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
+    // Long enough to register the callbacks before it fires, even under
+    // valgrind (else the panicking one would run here, at once).
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(500));
     let (child, _cc) = ctx.with_cancel();
     let (tx, rx) = mpsc::channel();
     let _boom = ctx.after_func(|| panic!("boom on the timer thread"));
