@@ -504,6 +504,9 @@ impl Context {
     /// assert_eq!(ctx.wait(), Error::Canceled);
     /// ```
     pub fn wait(&self) -> Error {
+        // With no deadline, `wait` returns only once the node is done (and
+        // never for a context that cannot be done), so the fallback is
+        // unreachable; it keeps this path free of panics.
         crate::done::wait(self.repr.anchor(), None).unwrap_or(Error::Canceled)
     }
 
