@@ -298,14 +298,16 @@ impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
         Wait {
             canceller: self.canceller,
             shared: self.shared,
-            limit: self.limit,
-            slots: Vec::new(),
-            free: Vec::new(),
-            queued: VecDeque::new(),
-            running: 0,
-            first_err: None,
+            tasks: Tasks {
+                limit: self.limit,
+                slots: Vec::new(),
+                free: Vec::new(),
+                queued: VecDeque::new(),
+                running: 0,
+                first_err: None,
+                round: 0,
+            },
             done: false,
-            round: 0,
         }
     }
 }
@@ -379,14 +381,8 @@ pin_project_lite::pin_project! {
     pub struct Wait<E> {
         canceller: Canceller,
         shared: Arc<Shared<E>>,
-        limit: usize,
-        slots: Vec<Slot<E>>,
-        free: Vec<usize>,
-        queued: VecDeque<Task<E>>,
-        running: usize,
-        first_err: Option<Arc<E>>,
+        tasks: Tasks<E>,
         done: bool,
-        round: u64,
     }
 
     impl<E> PinnedDrop for Wait<E> {
@@ -401,6 +397,89 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// The waiter's side of the group: the task slots and the queue before them.
+struct Tasks<E> {
+    limit: usize,
+    /// Slots of running tasks; a finished task's slot is reused by the next,
+    /// so trivial tasks started one after another share one slot.
+    slots: Vec<Slot<E>>,
+    free: Vec<usize>,
+    /// Spawned but not started: over the limit, or not yet reached.
+    queued: VecDeque<Task<E>>,
+    running: usize,
+    first_err: Option<Arc<E>>,
+    /// Counts `Wait::poll` calls (see `Slot::round`).
+    round: u64,
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> Tasks<E> {
+    /// Puts `task` in a free slot (or a new one) and returns its index. The
+    /// slot's waker starts out queued, so wakes before the first poll add
+    /// nothing: the caller polls it at once.
+    fn start(&mut self, task: Task<E>, ready: &Arc<ReadyQueue>) -> usize {
+        self.running += 1;
+        if let Some(index) = self.free.pop() {
+            let slot = &mut self.slots[index];
+            slot.task = Some(task);
+            // A new task gets its first poll in this round, whatever the
+            // slot's last task did in it.
+            slot.round = 0;
+            slot.state.queued.store(true, Ordering::Release);
+            return index;
+        }
+        let index = self.slots.len();
+        let state = Arc::new(SlotWaker {
+            index,
+            ready: ready.clone(),
+            queued: AtomicBool::new(true),
+        });
+        self.slots.push(Slot {
+            task: Some(task),
+            waker: Waker::from(state.clone()),
+            state,
+            round: 0,
+        });
+        index
+    }
+
+    /// Polls the task in slot `index` once, in this `round`. Returns `false`
+    /// if it was already polled in this round (a task that woke itself),
+    /// for the caller to defer. A task that finishes frees its slot; the
+    /// first error cancels the group with that error as the cause.
+    fn poll_slot(&mut self, index: usize, round: u64, canceller: &Canceller) -> bool {
+        let slot = &mut self.slots[index];
+        // A stale index: the task has finished since it was queued.
+        let Some(task) = slot.task.as_mut() else {
+            return true;
+        };
+        if slot.round == round {
+            return false;
+        }
+        slot.round = round;
+        // Cleared before the poll: a wake during it queues the slot again.
+        slot.state.queued.store(false, Ordering::Release);
+        let mut task_cx = TaskContext::from_waker(&slot.waker);
+        let result = match catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut task_cx))) {
+            Ok(Poll::Pending) => return true,
+            Ok(Poll::Ready(result)) => result,
+            // The other tasks must see the cancellation first.
+            Err(panic) => cancel_then_resume(canceller, panic),
+        };
+        slot.task = None;
+        self.free.push(index);
+        self.running -= 1;
+        if let Err(err) = result {
+            if self.first_err.is_none() {
+                let err = Arc::new(err);
+                let cause: Cause = err.clone();
+                self.first_err = Some(err);
+                canceller.cancel_with_cause(cause);
+            }
+        }
+        true
+    }
+}
+
 impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
     type Output = Result<(), Arc<E>>;
 
@@ -409,106 +488,59 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
         if *this.done {
             panic!("`Wait` polled after it resolved");
         }
+        let shared = &**this.shared;
+        let tasks = this.tasks;
         // Register first, so a wake that lands while we poll is not lost.
         {
-            let mut state = lock(&this.shared.ready.state);
+            let mut state = lock(&shared.ready.state);
             match &state.waiter {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => state.waiter = Some(cx.waker().clone()),
             }
         }
-        *this.round += 1;
-        let round = *this.round;
+        tasks.round += 1;
+        let round = tasks.round;
         let mut deferred = Vec::new();
         loop {
-            this.queued
-                .extend(mem::take(&mut lock(&this.shared.incoming).tasks));
-            // Start queued tasks while there is room under the limit.
-            while *this.running < *this.limit {
-                let Some(task) = this.queued.pop_front() else {
+            tasks
+                .queued
+                .extend(mem::take(&mut lock(&shared.incoming).tasks));
+            // Start queued tasks while there is room under the limit, each
+            // polled at once: one that finishes frees its slot for the next.
+            let mut started = false;
+            while tasks.running < tasks.limit {
+                let Some(task) = tasks.queued.pop_front() else {
                     break;
                 };
-                let index = match this.free.pop() {
-                    Some(index) => {
-                        let slot = &mut this.slots[index];
-                        slot.task = Some(task);
-                        // A new task gets its first poll in this call.
-                        slot.round = 0;
-                        slot.state.queued.store(true, Ordering::Release);
-                        index
-                    }
-                    None => {
-                        let index = this.slots.len();
-                        let state = Arc::new(SlotWaker {
-                            index,
-                            ready: this.shared.ready.clone(),
-                            queued: AtomicBool::new(true),
-                        });
-                        this.slots.push(Slot {
-                            task: Some(task),
-                            waker: Waker::from(state.clone()),
-                            state,
-                            round: 0,
-                        });
-                        index
-                    }
-                };
-                *this.running += 1;
-                lock(&this.shared.ready.state).indices.push(index);
+                let index = tasks.start(task, &shared.ready);
+                let polled = tasks.poll_slot(index, round, this.canceller);
+                debug_assert!(polled, "a task just started is polled in this round");
+                started = true;
             }
-            let ready = mem::take(&mut lock(&this.shared.ready.state).indices);
-            if ready.is_empty() {
+            let ready = mem::take(&mut lock(&shared.ready.state).indices);
+            if ready.is_empty() && !started {
                 break;
             }
             for index in ready {
-                let slot = &mut this.slots[index];
-                let Some(task) = slot.task.as_mut() else {
-                    continue;
-                };
-                if slot.round == round {
+                if !tasks.poll_slot(index, round, this.canceller) {
                     deferred.push(index);
-                    continue;
-                }
-                slot.round = round;
-                // Cleared before the poll: a wake during it queues again.
-                slot.state.queued.store(false, Ordering::Release);
-                let mut task_cx = TaskContext::from_waker(&slot.waker);
-                let polled = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut task_cx)));
-                let result = match polled {
-                    Ok(Poll::Pending) => continue,
-                    Ok(Poll::Ready(result)) => result,
-                    Err(panic) => {
-                        // The other tasks must see the cancellation first.
-                        cancel_then_resume(this.canceller, panic);
-                    }
-                };
-                slot.task = None;
-                this.free.push(index);
-                *this.running -= 1;
-                if let Err(err) = result {
-                    if this.first_err.is_none() {
-                        let err = Arc::new(err);
-                        let cause: Cause = err.clone();
-                        *this.first_err = Some(err);
-                        this.canceller.cancel_with_cause(cause);
-                    }
                 }
             }
         }
         if !deferred.is_empty() {
             // Tasks that woke themselves: poll them again on the next call,
             // and make sure there is one.
-            lock(&this.shared.ready.state).indices.extend(deferred);
+            lock(&shared.ready.state).indices.extend(deferred);
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if *this.running > 0 || !this.queued.is_empty() {
+        if tasks.running > 0 || !tasks.queued.is_empty() {
             return Poll::Pending;
         }
         // Nothing runs and nothing is queued: close the group, unless a task
         // was spawned in the meantime (then go round again).
         {
-            let mut incoming = lock(&this.shared.incoming);
+            let mut incoming = lock(&shared.incoming);
             if !incoming.tasks.is_empty() {
                 drop(incoming);
                 cx.waker().wake_by_ref();
@@ -518,7 +550,7 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
         }
         *this.done = true;
         this.canceller.cancel();
-        Poll::Ready(match this.first_err.take() {
+        Poll::Ready(match tasks.first_err.take() {
             Some(err) => Err(err),
             None => Ok(()),
         })
@@ -550,8 +582,8 @@ impl<E> fmt::Debug for Spawner<E> {
 impl<E> fmt::Debug for Wait<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wait")
-            .field("running", &self.running)
-            .field("queued", &self.queued.len())
+            .field("running", &self.tasks.running)
+            .field("queued", &self.tasks.queued.len())
             .finish_non_exhaustive()
     }
 }
