@@ -883,3 +883,67 @@ fn self_waking_tasks_under_a_limit_share_a_current_thread_runtime() {
     });
     assert_eq!(got, Ok(()));
 }
+
+// ---------------------------------------------------------------------------
+// Slot reuse.
+
+/// Pending until `open` is set; counts its polls and keeps its last waker.
+struct Gate {
+    open: Arc<AtomicBool>,
+    polls: Arc<AtomicUsize>,
+    waker: Arc<Mutex<Option<std::task::Waker>>>,
+}
+
+impl Future for Gate {
+    type Output = Result<(), TaskErr>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        if self.open.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+#[test]
+fn a_finished_tasks_stale_waker_only_repolls_the_task_that_took_its_slot() {
+    let group = Group::<TaskErr>::new(&Context::background());
+    // The first task finishes on its first poll but keeps its waker; the
+    // second starts right after it, in the slot it freed.
+    let stale = Arc::new(Mutex::new(None));
+    let s = stale.clone();
+    group.spawn(futures::future::poll_fn(move |cx| {
+        *s.lock().unwrap() = Some(cx.waker().clone());
+        Poll::Ready(Ok(()))
+    }));
+    let open = Arc::new(AtomicBool::new(false));
+    let polls = Arc::new(AtomicUsize::new(0));
+    let gate_waker = Arc::new(Mutex::new(None));
+    group.spawn(Gate {
+        open: open.clone(),
+        polls: polls.clone(),
+        waker: gate_waker.clone(),
+    });
+    let mut wait = group.wait();
+    assert!(poll_once(&mut wait).is_pending());
+    assert_eq!(polls.load(Ordering::SeqCst), 1);
+
+    // A wake through the finished task's waker is at worst a spurious poll
+    // of the task now in that slot, which stays pending.
+    let stale = stale.lock().unwrap().take().expect("the first task ran");
+    stale.wake_by_ref();
+    assert!(poll_once(&mut wait).is_pending());
+    assert_eq!(polls.load(Ordering::SeqCst), 2);
+
+    // The gate's own wake still finishes it, and the group with it.
+    open.store(true, Ordering::SeqCst);
+    gate_waker.lock().unwrap().take().unwrap().wake();
+    assert_eq!(poll_once(&mut wait), Poll::Ready(Ok(())));
+    assert_eq!(polls.load(Ordering::SeqCst), 3);
+
+    // After the group is over the stale waker has nothing left to poll.
+    stale.wake();
+    assert_eq!(polls.load(Ordering::SeqCst), 3);
+}
