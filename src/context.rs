@@ -535,21 +535,46 @@ impl Context {
 /// `context.Background.WithCancel.WithValue(u32)`.
 impl fmt::Display for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut path = Vec::new();
-        let mut cur = Some(self);
-        while let Some(ctx) = cur {
-            path.push(ctx);
-            cur = ctx.repr.parent();
+        /// What is left to print, last first: a work list instead of
+        /// recursion, since merged contexts nest their second parent's path
+        /// and such nesting can be as deep as a chain.
+        enum Step<'a> {
+            /// The whole path from the root to this context.
+            Path(&'a Context),
+            /// This context's own segment.
+            Segment(&'a Context),
+            /// The end of a `.Merge(…)`.
+            Close,
         }
-        for ctx in path.iter().rev() {
+        let mut todo = vec![Step::Path(self)];
+        while let Some(step) = todo.pop() {
+            let ctx = match step {
+                Step::Close => {
+                    f.write_str(")")?;
+                    continue;
+                }
+                Step::Path(ctx) => {
+                    // Pushed leaf first, so the root's segment comes out first.
+                    let mut cur = Some(ctx);
+                    while let Some(ctx) = cur {
+                        todo.push(Step::Segment(ctx));
+                        cur = ctx.repr.parent();
+                    }
+                    continue;
+                }
+                Step::Segment(ctx) => ctx,
+            };
             match &ctx.repr {
                 Repr::Background => f.write_str("context.Background")?,
                 Repr::Todo => f.write_str("context.TODO")?,
                 Repr::Cancel(node) => match &node.extra {
                     Extra::None => f.write_str(".WithCancel")?,
                     Extra::Deadline(timer) => write_deadline(f, timer.when)?,
-                    Extra::Merge(merge) => write!(f, ".Merge({})", merge.other)?,
-                    Extra::MergeRoot(root) => write!(f, ".Merge({root})")?,
+                    Extra::Merge(merge) => {
+                        f.write_str(".Merge(")?;
+                        todo.push(Step::Close);
+                        todo.push(Step::Path(&merge.other));
+                    }
                 },
                 Repr::Value(node) => write!(f, ".WithValue({})", node.type_name)?,
                 Repr::Detached(_) => f.write_str(".WithoutCancel")?,

@@ -2,32 +2,34 @@
 //! context is.
 //!
 //! The merged node is an ordinary cancellable child of its first parent
-//! (linked in that parent's list, values from it). Its second parent sees it
-//! only through one `after_func`-style callback that holds the node weakly:
-//! when the second parent is done, the callback cancels the node with that
-//! parent's reason; when the node is dropped first, it stops the callback,
+//! (linked in that parent's list, values from it). Its second parent knows
+//! it by one weak entry in its `on_done` list, next to `after_func`
+//! callbacks: when the second parent is cancelled, the walk finishes the
+//! merged node with that reason, as it finishes children. The entry needs
+//! no allocation of its own, and the merged node removes it when dropped,
 //! so nothing stays registered on the second parent.
 
-use std::sync::{Arc, OnceLock, Weak};
-
-use crate::after_func::AfterFunc;
 use crate::context::Context;
-use crate::node::{link, new_node, CancelNode, Extra, Repr};
+use crate::node::{link, new_node, CancelNode, Extra};
+use crate::sync::AtomicUsize;
+use std::sync::Arc;
 
-/// What a merged node keeps of its second parent.
+/// What a merged node keeps of its second parent, inside the node.
 pub(crate) struct MergeLink {
-    /// Kept alive so its reason and path stay readable; it never holds the
-    /// merged node strongly, so no cycle forms, whatever the two parents are.
+    /// Kept for `Display`, and so that the second parent outlives the entry
+    /// that it holds for this node. It never holds this node strongly, so
+    /// no cycle forms, whatever the two parents are.
     pub(crate) other: Context,
-    /// The callback registered on `other`, set once right after linking.
-    forward: OnceLock<AfterFunc>,
+    /// Where this node's entry sits in the second parent's `on_done` list;
+    /// read and written under that parent's lock.
+    pub(crate) position: AtomicUsize,
 }
 
 impl MergeLink {
-    /// Stops the forwarding callback and removes it from `other`.
-    pub(crate) fn unregister(&self) {
-        if let Some(forward) = self.forward.get() {
-            forward.stop();
+    /// Removes `node`'s entry from the second parent, if it has one there.
+    pub(crate) fn leave(&self, node: &CancelNode) {
+        if let Some(anchor) = self.other.repr.anchor() {
+            anchor.remove_merged(node, &self.position);
         }
     }
 }
@@ -38,52 +40,22 @@ pub(crate) fn derive_merged(first: &Context, second: &Context) -> Arc<CancelNode
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    // A root can never be done: the child is a plain `with_cancel` child
-    // that only remembers the root's name for `Display`.
-    let root = match &second.repr {
-        Repr::Background => Some("context.Background"),
-        Repr::Todo => Some("context.TODO"),
-        _ => None,
-    };
-    if let Some(root) = root {
-        let node = Arc::new(new_node(first, deadline, Extra::MergeRoot(root)));
-        link(first, &node);
-        return node;
-    }
     let merge = MergeLink {
         other: second.clone(),
-        forward: OnceLock::new(),
+        position: AtomicUsize::new(0),
     };
-    let node = Arc::new(new_node(first, deadline, Extra::Merge(Box::new(merge))));
+    let node = Arc::new(new_node(first, deadline, Extra::Merge(merge)));
     link(first, &node);
-    // A second parent that can never be done gets nothing registered.
-    if let (Some(anchor), None) = (second.repr.anchor(), node.state.err()) {
-        let weak = Arc::downgrade(&node);
-        let forward = AfterFunc::register(Some(anchor), move || forward_cancel(&weak));
-        if let Extra::Merge(merge) = &node.extra {
-            // Cannot fail: this is the only place that sets it.
-            let _ = merge.forward.set(forward);
+    // A second parent that can never be done (a root, or below
+    // `without_cancel`) gets nothing registered. (If the first parent has
+    // already finished the node, registering is harmless: a second reason
+    // loses, and the entry goes when the node does.)
+    if let (Some(anchor), Extra::Merge(merge)) = (second.repr.anchor(), &node.extra) {
+        if let Some(err) = anchor.add_merged(&node, &merge.position) {
+            // Already done: the child is done at once with its reason,
+            // unless its first parent's reason came first.
+            node.state.finish(err, anchor.state.given_cause());
         }
     }
     node
-}
-
-/// Runs on the second parent's cancelling thread, after its walk: cancels the
-/// merged node with the second parent's error and cause, unless the node is
-/// gone or already done (first reason wins).
-fn forward_cancel(node: &Weak<CancelNode>) {
-    let Some(node) = node.upgrade() else { return };
-    let Extra::Merge(merge) = &node.extra else {
-        return;
-    };
-    let Some(anchor) = merge.other.repr.anchor() else {
-        return;
-    };
-    if let Some(err) = anchor.state.err() {
-        if let Some(panic) = node.cancel(err, anchor.state.given_cause()) {
-            // Inside the second parent's callback loop, which catches this
-            // and resumes the first panic on its cancelling thread.
-            std::panic::resume_unwind(panic);
-        }
-    }
 }

@@ -11,30 +11,35 @@
 //!    the link parent was live when the node was derived, and it stays linked
 //!    until the link parent drains it (cancel), it unlinks itself (own cancel
 //!    or drop). See `raw.rs` L1/L2 for what the list relies on.
-//! 3. Every node holds a strong reference to the context it was derived from,
-//!    so ancestors outlive descendants; a parent holds only weak references
-//!    to its children, so a child lives exactly as long as its handles.
-//! 4. Before a child is linked, a callback registered or a timer armed, the
-//!    node's `DEPENDENTS` flag is set by a read-modify-write of its state word
-//!    (under its lock, for children and callbacks); the canceller's CAS on
-//!    the same word reports the flag. So either the attacher sees the node
-//!    done (and attaches nothing: a child is born done, a callback runs at
-//!    once) or the canceller sees the flag and visits the node under its
-//!    lock, where it finds what was attached. A node without the flag is
-//!    finished by the CAS alone, with no lock.
+//! 3. Every node holds a strong reference to the context it was derived from
+//!    (a merged node to both parents), so ancestors outlive descendants; a
+//!    parent holds only weak references to its children (a second parent to
+//!    its merged children, in its `on_done` list), so a child lives exactly
+//!    as long as its handles.
+//! 4. Before a child is linked, a callback or merged node registered or a
+//!    timer armed, the node's `DEPENDENTS` flag is set by a read-modify-write
+//!    of its state word (under its lock, for all but the timer); the
+//!    canceller's CAS on the same word reports the flag. So either the
+//!    attacher sees the node done (and attaches nothing: a child or merged
+//!    node is born done, a callback runs at once) or the canceller sees the
+//!    flag and visits the node under its lock, where it finds what was
+//!    attached. A node without the flag is finished by the CAS alone, with
+//!    no lock.
 //!
 //! # Deadlock safety
 //!
 //! There is one kind of lock per node (`inner`) plus a leaf lock per deadline
 //! timer. At most one node lock is held at a time, never while user code
 //! runs (callbacks, value drops, wakers), and never while dropping an
-//! `Arc<CancelNode>` (whose `Drop` takes its link parent's lock). Callbacks run
+//! `Arc<CancelNode>` (whose `Drop` takes its link parent's lock, then, for a
+//! merged node, its second parent's, one after the other). Callbacks run
 //! after the whole walk, with no lock held, so a callback may cancel, derive
 //! or drop anything in the tree.
 
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::ptr;
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Wake, Waker};
 use std::time::Instant;
@@ -47,7 +52,7 @@ use crate::drop_chain::release;
 use crate::error::{Cause, Error};
 use crate::merge::MergeLink;
 use crate::raw::{ChildList, Finish, Links, StateCell};
-use crate::sync::{get_mut, lock, Mutex, Ordering, Timer};
+use crate::sync::{get_mut, lock, AtomicUsize, Mutex, MutexGuard, Ordering, Timer};
 
 /// A panic caught in a callback, to be resumed by the thread that cancelled.
 pub(crate) type Panic = Box<dyn Any + Send + 'static>;
@@ -105,16 +110,25 @@ pub(crate) enum Extra {
     None,
     /// An own deadline, earlier than the parent's.
     Deadline(Arc<DeadlineTimer>),
-    /// A second parent (`Context::merge`).
-    Merge(Box<MergeLink>),
-    /// A second parent that is a root, which can never be done: nothing to
-    /// keep but its name, so no allocation.
-    MergeRoot(&'static str),
+    /// A second parent (`Context::merge`), inline: merging allocates
+    /// nothing beyond the node.
+    Merge(MergeLink),
 }
 
 struct Inner {
     children: ChildList,
-    callbacks: Vec<Arc<dyn Callback>>,
+    on_done: Vec<OnDone>,
+}
+
+/// What a node must do for others when it is done, besides finishing its
+/// children.
+pub(crate) enum OnDone {
+    /// Run an `after_func` callback.
+    Func(Arc<dyn Callback>),
+    /// Finish a merged node whose second parent this node is (`merge.rs`),
+    /// as part of the same walk. Weak, like the child list (invariant 3):
+    /// the merged node holds this node, never the other way round.
+    Merged(Weak<CancelNode>),
 }
 
 /// A context that carries one value and no cancellation state of its own.
@@ -187,7 +201,7 @@ pub(crate) fn new_node(parent: &Context, deadline: Option<Instant>, extra: Extra
         links: Links::new(),
         inner: Mutex::new(Inner {
             children: ChildList::new(),
-            callbacks: Vec::new(),
+            on_done: Vec::new(),
         }),
         deadline,
         extra,
@@ -284,10 +298,25 @@ impl CancelNode {
     /// by the caller once the whole walk is over.
     fn visit(&self, finish: Finish, err: Error, cause: &Option<Cause>, walk: &mut Walk) {
         if finish.dependents {
-            {
+            let on_done = {
                 let mut inner = lock(&self.inner);
                 inner.children.drain_into(err, cause, &mut walk.stack);
-                walk.callbacks.append(&mut inner.callbacks);
+                std::mem::take(&mut inner.on_done)
+            };
+            for entry in on_done {
+                match entry {
+                    OnDone::Func(callback) => walk.callbacks.push(callback),
+                    // A merged node is a child by a second path: it is
+                    // finished in this walk, with this walk's reason, unless
+                    // its first parent or its own canceller came first.
+                    OnDone::Merged(merged) => {
+                        if let Some(node) = merged.upgrade() {
+                            if let Some(finish) = node.state.finish(err, cause.clone()) {
+                                walk.stack.push((node, finish));
+                            }
+                        }
+                    }
+                }
             }
             if let Extra::Deadline(timer) = &self.extra {
                 timer.disarm();
@@ -298,47 +327,107 @@ impl CancelNode {
     /// Registers `callback` to run when the node is done. Returns it back if
     /// the node is already done, for the caller to run at once.
     pub(crate) fn add_callback(&self, callback: Arc<dyn Callback>) -> Option<Arc<dyn Callback>> {
-        let mut inner = lock(&self.inner);
-        // Under the lock: a canceller marks the state before draining, so a
-        // callback pushed here while live is always taken (invariant 4).
-        if self.state.mark_dependent().is_some() {
+        let Ok(mut inner) = self.lock_if_live() else {
             return Some(callback);
-        }
-        // Relaxed: the position is only read and written under this lock.
+        };
+        // Relaxed: positions are only read and written under this lock.
         callback
             .position()
-            .store(inner.callbacks.len(), Ordering::Relaxed);
-        inner.callbacks.push(callback);
+            .store(inner.on_done.len(), Ordering::Relaxed);
+        inner.on_done.push(OnDone::Func(callback));
         None
+    }
+
+    /// Registers `merged`, a node whose second parent this is, to be finished
+    /// with this node; its place in the list goes to `position`. Returns this
+    /// node's error if it is already done: then nothing is registered.
+    pub(crate) fn add_merged(
+        &self,
+        merged: &Arc<CancelNode>,
+        position: &AtomicUsize,
+    ) -> Option<Error> {
+        let mut inner = match self.lock_if_live() {
+            Ok(inner) => inner,
+            Err(err) => return Some(err),
+        };
+        position.store(inner.on_done.len(), Ordering::Relaxed);
+        inner.on_done.push(OnDone::Merged(Arc::downgrade(merged)));
+        None
+    }
+
+    /// This node's lock, to attach something under, or its error if it is
+    /// done: then nothing may be attached, since nobody would take it
+    /// (invariant 4: the flag is set under the lock, and a canceller marks
+    /// the state before it takes the lists).
+    fn lock_if_live(&self) -> Result<MutexGuard<'_, Inner>, Error> {
+        let inner = lock(&self.inner);
+        match self.state.mark_dependent() {
+            None => Ok(inner),
+            Some(err) => Err(err),
+        }
     }
 
     /// Forgets a stopped callback, so that registering and stopping in a loop
     /// does not grow a long-lived node.
     pub(crate) fn remove_callback(&self, callback: &Arc<dyn Callback>) {
-        let removed = {
+        let at = callback.position().load(Ordering::Relaxed);
+        self.remove(at, |entry| match entry {
+            OnDone::Func(c) => ptr::addr_eq(Arc::as_ptr(c), Arc::as_ptr(callback)),
+            OnDone::Merged(_) => false,
+        });
+    }
+
+    /// Forgets `merged`, a merged node being dropped, whose entry was last
+    /// put at `position`.
+    pub(crate) fn remove_merged(&self, merged: &CancelNode, position: &AtomicUsize) {
+        let at = position.load(Ordering::Relaxed);
+        self.remove(at, |entry| match entry {
+            OnDone::Merged(m) => ptr::eq(m.as_ptr(), merged),
+            OnDone::Func(_) => false,
+        });
+    }
+
+    /// Removes the entry that `is_it` picks out, looked for at `at` first: in
+    /// O(1), since every entry's position is kept up to date. The one
+    /// exception is a merged node whose last handle is being dropped while
+    /// another entry's removal moves it: it cannot be upgraded to be told its
+    /// new position, so its own removal, coming next, searches. Not found
+    /// means a cancel has already taken the list.
+    fn remove(&self, at: usize, is_it: impl Fn(&OnDone) -> bool) {
+        let (removed, moved) = {
             let mut inner = lock(&self.inner);
-            let callbacks = &mut inner.callbacks;
-            let at = callback.position().load(Ordering::Relaxed);
-            // Not there if a cancel has already taken the list.
-            let here = callbacks
-                .get(at)
-                .is_some_and(|c| Arc::as_ptr(c) as *const () == Arc::as_ptr(callback) as *const ());
-            if here {
-                let removed = callbacks.swap_remove(at);
-                if let Some(moved) = callbacks.get(at) {
-                    moved.position().store(at, Ordering::Relaxed);
-                }
-                // A parent that once had many callbacks (merged children)
-                // gives the memory back as they go.
-                if callbacks.capacity() > 16 && callbacks.len() < callbacks.capacity() / 4 {
-                    callbacks.shrink_to(callbacks.capacity() / 2);
-                }
-                Some(removed)
+            let list = &mut inner.on_done;
+            let at = if list.get(at).is_some_and(&is_it) {
+                Some(at)
             } else {
-                None
+                list.iter().position(&is_it)
+            };
+            let Some(at) = at else { return };
+            let removed = list.swap_remove(at);
+            // Relaxed: positions are only read and written under this lock.
+            let moved = match list.get(at) {
+                Some(OnDone::Func(callback)) => {
+                    callback.position().store(at, Ordering::Relaxed);
+                    None
+                }
+                Some(OnDone::Merged(merged)) => merged.upgrade().inspect(|node| {
+                    if let Extra::Merge(link) = &node.extra {
+                        link.position.store(at, Ordering::Relaxed);
+                    }
+                }),
+                None => None,
+            };
+            // A parent that once had many entries (merged children) gives
+            // the memory back as they go.
+            if list.capacity() > 16 && list.len() < list.capacity() / 4 {
+                list.shrink_to(list.capacity() / 2);
             }
+            (removed, moved)
         };
+        // Outside the lock: either may be the last handle of a node, whose
+        // drop takes locks (deadlock safety).
         drop(removed);
+        drop(moved);
     }
 }
 
@@ -363,19 +452,28 @@ impl Drop for CancelNode {
         let inner = get_mut(&mut self.inner);
         // Invariant 3: every child holds this node alive, so none is left.
         debug_assert!(inner.children.is_empty());
-        let callbacks = std::mem::take(&mut inner.callbacks);
-        for callback in callbacks {
-            callback.discard();
+        // A merged entry needs nothing: its node holds this one alive and
+        // leaves this list before it lets go.
+        if !inner.on_done.is_empty() {
+            for entry in std::mem::take(&mut inner.on_done) {
+                if let OnDone::Func(callback) = entry {
+                    callback.discard();
+                }
+            }
         }
         match &self.extra {
             Extra::None => {}
             Extra::Deadline(timer) => timer.disarm(),
-            // Leave the second parent at once too: no callback stays there.
-            Extra::Merge(link) => link.unregister(),
-            Extra::MergeRoot(_) => {}
+            // Leave the second parent at once too: nothing stays there.
+            Extra::Merge(link) => link.leave(self),
         }
         if let Some(parent) = self.parent.take() {
             release(parent);
+        }
+        // The second parent is let go of like the first: a chain of merges
+        // through second parents drops without recursion.
+        if let Extra::Merge(link) = &mut self.extra {
+            release(std::mem::take(&mut link.other));
         }
     }
 }

@@ -344,3 +344,81 @@ fn deadline_at_the_root_of_a_deep_chain_fires_on_the_timer_thread() {
         .recv_timeout(WAIT)
         .expect("the chain was not freed");
 }
+
+/// Builds `depth()` merged contexts, each a child of `first` merged with the
+/// one before it (the first with `second`): a chain through second parents.
+fn merge_chain(first: &Context, second: &Context) -> Context {
+    let mut leaf = second.clone();
+    for _ in 0..depth() {
+        let (merged, _cancel) = first.merge(&leaf);
+        leaf = merged;
+    }
+    leaf
+}
+
+#[test]
+fn chain_of_merges_through_second_parents_is_cancelled_then_dropped() {
+    // Each merged node is finished by the walk of its second parent: the
+    // walk must reach the end of the chain without recursion, and dropping
+    // the leaf drops every second parent in turn without recursion either.
+    on_small_stack(|| {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (first, _first_cancel) = Context::background().with_cancel();
+        let (second, cancel_second) = Context::background()
+            .with_value(DropProbe(freed.clone()))
+            .with_cancel();
+        let leaf = merge_chain(&first, &second);
+        drop(second);
+        cancel_second.cancel();
+        assert_eq!(leaf.err(), Some(Error::Canceled));
+        assert!(!first.is_done());
+        drop(leaf);
+        drop(cancel_second);
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        // Every merged node left `first`'s list: it still works.
+        let (child, _c) = first.with_cancel();
+        assert!(!child.is_done());
+    });
+}
+
+#[test]
+fn uncancelled_chain_of_merges_dropped_from_the_leaf() {
+    on_small_stack(|| {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (first, first_cancel) = Context::background().with_cancel();
+        let (second, second_cancel) = Context::background()
+            .with_value(DropProbe(freed.clone()))
+            .with_cancel();
+        let leaf = merge_chain(&first, &second);
+        drop(second);
+        drop(second_cancel);
+        drop(leaf);
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        let (child, _c) = first.with_cancel();
+        first_cancel.cancel();
+        assert_eq!(child.err(), Some(Error::Canceled));
+    });
+}
+
+#[test]
+fn display_of_a_deep_chain_of_merges() {
+    // Each level nests the one before it: `Merge(…Merge(…))`, printed
+    // without recursion.
+    const DISPLAY_DEPTH: usize = 10_000;
+    on_small_stack(|| {
+        let first = Context::todo();
+        let mut leaf = Context::background();
+        for _ in 0..DISPLAY_DEPTH {
+            leaf = first.merge(&leaf).0;
+        }
+        let shown = leaf.to_string();
+        let level = "context.TODO.Merge(";
+        assert_eq!(
+            shown.len(),
+            DISPLAY_DEPTH * (level.len() + 1) + "context.Background".len()
+        );
+        assert!(shown.starts_with(&level.repeat(3)));
+        assert!(shown.ends_with(&format!("context.Background{}", ")".repeat(DISPLAY_DEPTH))));
+        drop(leaf);
+    });
+}

@@ -135,13 +135,13 @@ fn after_func_races_stop_and_cancel() {
 }
 
 /// A merged child's last handles dropped while its second parent is
-/// cancelled: the forwarding callback either finds the child gone or
-/// cancels it; no use after free, and once both threads are done nothing
-/// keeps the child alive (the value above it is freed exactly once) and
-/// both parents' lists are intact.
+/// cancelled: the walk either finds the child's entry gone (or the child
+/// past upgrading) or finishes it; no use after free, and once both threads
+/// are done nothing keeps the child alive (the value above it is freed
+/// exactly once) and both parents' lists are intact.
 ///
 /// Here the merged child itself is meant to be freed on a spawned thread
-/// (the dropper, or the canceller if its callback upgraded the child last):
+/// (the dropper, or the canceller if its walk upgraded the child last):
 /// that drop, which leaves both parents, is the race under test. Both
 /// parents stay on the main thread, as the header explains.
 #[test]
@@ -184,6 +184,32 @@ fn merged_parents_racing_causes_agree() {
         assert_eq!(child.cause().unwrap().to_string(), merged_cause);
         assert_eq!(a.cause().unwrap().to_string(), "self");
         assert_eq!(b.cause().unwrap().to_string(), "other");
+    });
+}
+
+/// Two merged children of one second parent dropped at once: removing one
+/// entry moves the other's, whose node may be past upgrading (its own drop
+/// under way), so that node's removal must still find its entry. Afterwards
+/// the second parent's list takes a third child, which its cancel reaches.
+#[test]
+fn merged_siblings_dropped_at_once_leave_other_intact() {
+    model("merged_siblings_dropped_at_once_leave_other_intact", || {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (a, _ca) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let above = a.with_value(FreeCount(freed.clone()));
+        let (m1, c1) = above.merge(&b);
+        let (m2, c2) = above.merge(&b);
+        drop(above);
+        let t1 = thread::spawn(move || drop((m1, c1)));
+        let t2 = thread::spawn(move || drop((m2, c2)));
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        let (m3, _c3) = a.merge(&b);
+        cancel_b.cancel();
+        assert_eq!(m3.err(), Some(Error::Canceled));
+        assert!(!a.is_done());
     });
 }
 

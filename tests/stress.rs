@@ -9,8 +9,9 @@
 //! Each worker loops over random operations (a tiny xorshift generator,
 //! seeded per thread; the seeds are printed) on shared, bounded pools:
 //!
-//! * derive a child (`with_cancel`, `with_timeout(1 hour)`,
-//!   `with_timeout(0)`, `with_value`) of a pooled context or of the root;
+//! * derive a child (`with_cancel`, `merge` with another pooled context,
+//!   `with_timeout(1 hour)`, `with_timeout(0)`, `with_value`) of a pooled
+//!   context or of the root;
 //!   a child of a context that was already done must be born done with the
 //!   same error and cause;
 //! * drop a pooled context or canceller; cancel one, with or without a
@@ -318,8 +319,19 @@ impl Shared {
         let before = parent.err();
         let before_cause = before.map(|_| parent.cause().expect("done: has a cause").to_string());
         let (child, canceller) = match rng.below(16) {
-            0..=6 => {
+            0..=4 => {
                 let (c, k) = parent.with_cancel();
+                (c, Some(k))
+            }
+            5 | 6 => {
+                // Merged with another pooled context (or the root, or the
+                // parent itself): done once either is.
+                let other = self.pick_context(rng);
+                let other_done = other.is_done();
+                let (c, k) = parent.merge(&other);
+                if other_done {
+                    assert!(c.is_done(), "merged with a done context: born done");
+                }
                 (c, Some(k))
             }
             7..=10 => {
