@@ -11,6 +11,10 @@
 //! cargo bench --bench merge_group
 //! ```
 //!
+//! After criterion's own figures, the merge ratios are measured once more in
+//! interleaved pairs (see `paired_merge_ratios`), which a noisy machine
+//! shifts less.
+//!
 //! The criterion settings are deliberately short (see `config`); raise them
 //! on a quiet machine for figures worth quoting. The ratios use this run's
 //! own timings: each benchmark records what criterion had it measure, and
@@ -199,9 +203,69 @@ fn show(t: f64) -> String {
     }
 }
 
+/// The merge ratios again, measured in pairs: `ROUNDS` rounds, each timing
+/// `PAIR_ITERS` merges and then `PAIR_ITERS` `with_cancel`s back to back, and
+/// the median of the per-round ratios. Criterion measures one benchmark after
+/// the other, and on a shared 2-vCPU machine a benchmark's mean can shift by
+/// 10% between runs (the heap's layout, the other vCPU's load); a pair sees
+/// the same conditions for both sides.
+fn paired_merge_ratios() {
+    const ROUNDS: usize = 31;
+    const PAIR_ITERS: u32 = 100_000;
+    let (root, _c1) = Context::background().with_cancel();
+    let (other, _c2) = Context::background().with_cancel();
+    let bg = Context::background();
+    let time = |op: &dyn Fn()| {
+        let start = Instant::now();
+        for _ in 0..PAIR_ITERS {
+            op();
+        }
+        start.elapsed().as_secs_f64() / f64::from(PAIR_ITERS)
+    };
+    let with_cancel = || drop(black_box(black_box(&root).with_cancel()));
+    let merge_live = || drop(black_box(black_box(&root).merge(black_box(&other))));
+    let merge_bg = || drop(black_box(black_box(&root).merge(black_box(&bg))));
+    let mut live = Vec::with_capacity(ROUNDS);
+    let mut background = Vec::with_capacity(ROUNDS);
+    // One round of warm-up, not counted.
+    for round in 0..=ROUNDS {
+        let base = time(&with_cancel);
+        let l = time(&merge_live);
+        let b = time(&merge_bg);
+        if round > 0 {
+            live.push(l / base);
+            background.push(b / base);
+        }
+    }
+    println!();
+    println!("paired ratios (median of {ROUNDS} rounds of {PAIR_ITERS} iterations each):");
+    for (what, ratios, target) in [
+        ("merge (live other) / with_cancel", &mut live, 1.5),
+        ("merge (background) / with_cancel", &mut background, 1.1),
+    ] {
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ROUNDS / 2];
+        let verdict = if median <= target {
+            "ok"
+        } else {
+            "OVER TARGET"
+        };
+        println!(
+            "  {what:<36} {median:.2}x  (range {:.2}-{:.2}; target <= {target}x: {verdict})",
+            ratios[0],
+            ratios[ROUNDS - 1]
+        );
+    }
+}
+
 /// What `criterion_main!(benches)` expands to, with the ratios printed last.
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     ratios();
+    // Not under `cargo bench -- --test` (CI's smoke run) nor when a filter
+    // leaves the merge benchmarks out.
+    if mean("with_cancel").is_some() {
+        paired_merge_ratios();
+    }
 }

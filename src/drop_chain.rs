@@ -24,21 +24,27 @@ loom::thread_local! {
     static QUEUE: RefCell<Vec<Context>> = RefCell::new(Vec::new());
 }
 
-/// Drops `parent`, the parent a node let go of in its own `Drop`.
-pub(crate) fn release(parent: Context) {
-    if matches!(parent.repr, Repr::Background | Repr::Todo) {
+/// Drops `parents`, the contexts a node let go of in its own `Drop`: its
+/// parent and, for a merged node, its second parent.
+pub(crate) fn release<const N: usize>(parents: [Option<Context>; N]) {
+    // The roots own nothing: dropping one never recurses.
+    let owns = |p: &Option<Context>| {
+        p.as_ref()
+            .is_some_and(|p| !matches!(p.repr, Repr::Background | Repr::Todo))
+    };
+    if !parents.iter().any(owns) {
         return;
     }
     let Ok(was_draining) = DRAINING.try_with(|d| d.replace(true)) else {
         // This thread's locals are gone (a context dropped by another
         // thread-local's destructor): drop directly.
-        drop(parent);
+        drop(parents);
         return;
     };
     if was_draining {
         // If the queue is gone, the closure is dropped unrun and drops
-        // `parent` directly.
-        let _ = QUEUE.try_with(move |q| q.borrow_mut().push(parent));
+        // the parents directly.
+        let _ = QUEUE.try_with(move |q| q.borrow_mut().extend(parents.into_iter().flatten()));
         return;
     }
     // Clears the flag even if a value's `Drop` panics below.
@@ -49,7 +55,7 @@ pub(crate) fn release(parent: Context) {
         }
     }
     let _reset = Reset;
-    drop(parent);
+    drop(parents);
     while let Some(next) = QUEUE.try_with(|q| q.borrow_mut().pop()).ok().flatten() {
         drop(next);
     }

@@ -467,13 +467,13 @@ impl Drop for CancelNode {
             // Leave the second parent at once too: nothing stays there.
             Extra::Merge(link) => link.leave(self),
         }
-        if let Some(parent) = self.parent.take() {
-            release(parent);
-        }
         // The second parent is let go of like the first: a chain of merges
         // through second parents drops without recursion.
-        if let Extra::Merge(link) = &mut self.extra {
-            release(std::mem::take(&mut link.other));
+        match &mut self.extra {
+            Extra::Merge(link) => {
+                release([self.parent.take(), Some(std::mem::take(&mut link.other))])
+            }
+            _ => release([self.parent.take()]),
         }
     }
 }
@@ -482,17 +482,13 @@ impl<V: ?Sized> Drop for ValueNode<V> {
     fn drop(&mut self) {
         // Not the last reference to the anchor: `parent` still holds it.
         self.anchor = None;
-        if let Some(parent) = self.parent.take() {
-            release(parent);
-        }
+        release([self.parent.take()]);
     }
 }
 
 impl Drop for DetachedNode {
     fn drop(&mut self) {
-        if let Some(parent) = self.parent.take() {
-            release(parent);
-        }
+        release([self.parent.take()]);
     }
 }
 
