@@ -273,10 +273,15 @@ impl Context {
     /// If `other` is already done, the child is born done with its reason. If
     /// `other` can never be done (a root, or below
     /// [`without_cancel`](Context::without_cancel)), nothing is registered on
-    /// it and the child costs what `with_cancel` costs. Dropping every handle
-    /// of the child removes it from both parents at once. Merging with an
-    /// ancestor, a descendant or itself is fine: the second parent holds the
-    /// child only weakly, so no cycle forms.
+    /// it and the child costs what `with_cancel` costs. Otherwise `other`
+    /// keeps one weak entry for the child (no allocation of its own), and
+    /// cancelling `other` reaches the child and its subtree before that
+    /// `cancel()` returns, as it reaches `other`'s own children. Dropping
+    /// every handle of the child removes it from both parents at once.
+    /// Merging with an ancestor, a descendant or itself is fine: the second
+    /// parent holds the child only weakly, so no cycle forms; nor do chains
+    /// of merges (each merged with the one before) recurse when they are
+    /// cancelled, dropped or printed.
     ///
     /// # Examples
     ///
