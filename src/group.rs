@@ -360,6 +360,13 @@ pin_project_lite::pin_project! {
     /// The future returned by [`Group::wait`]: drives every task of the group
     /// and resolves to `Ok(())` or the first error.
     ///
+    /// # Fairness
+    ///
+    /// One poll of `Wait` polls each ready task at most once, and at most
+    /// 1,024 task polls in all; then it wakes itself and returns `Pending`,
+    /// so that other futures on the same thread run even while the group's
+    /// tasks keep waking themselves or spawning more tasks.
+    ///
     /// # Cancellation safety
     ///
     /// Dropping it drops every task that has not finished, and cancels the
@@ -396,6 +403,12 @@ pin_project_lite::pin_project! {
         }
     }
 }
+
+/// How many task polls one `Wait::poll` makes before it yields to its
+/// executor (waking itself first): a group whose tasks keep spawning tasks
+/// must not hold its thread forever, or the futures beside it (a timeout, a
+/// shutdown signal) would never run.
+const POLL_BUDGET: usize = 1024;
 
 /// The waiter's side of the group: the task slots and the queue before them.
 struct Tasks<E> {
@@ -501,14 +514,15 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
         tasks.round += 1;
         let round = tasks.round;
         let mut deferred = Vec::new();
-        loop {
+        let mut budget = POLL_BUDGET;
+        while budget > 0 {
             tasks
                 .queued
                 .extend(mem::take(&mut lock(&shared.incoming).tasks));
             // Start queued tasks while there is room under the limit, each
             // polled at once: one that finishes frees its slot for the next.
             let mut started = false;
-            while tasks.running < tasks.limit {
+            while tasks.running < tasks.limit && budget > 0 {
                 let Some(task) = tasks.queued.pop_front() else {
                     break;
                 };
@@ -516,20 +530,23 @@ impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
                 let polled = tasks.poll_slot(index, round, this.canceller);
                 debug_assert!(polled, "a task just started is polled in this round");
                 started = true;
+                budget -= 1;
             }
             let ready = mem::take(&mut lock(&shared.ready.state).indices);
             if ready.is_empty() && !started {
                 break;
             }
             for index in ready {
-                if !tasks.poll_slot(index, round, this.canceller) {
+                if budget == 0 || !tasks.poll_slot(index, round, this.canceller) {
                     deferred.push(index);
+                } else {
+                    budget -= 1;
                 }
             }
         }
-        if !deferred.is_empty() {
-            // Tasks that woke themselves: poll them again on the next call,
-            // and make sure there is one.
+        if !deferred.is_empty() || budget == 0 {
+            // Tasks that woke themselves, or work left when the budget ran
+            // out: go on in the next call, and make sure there is one.
             lock(&shared.ready.state).indices.extend(deferred);
             cx.waker().wake_by_ref();
             return Poll::Pending;

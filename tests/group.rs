@@ -947,3 +947,47 @@ fn a_finished_tasks_stale_waker_only_repolls_the_task_that_took_its_slot() {
     stale.wake();
     assert_eq!(polls.load(Ordering::SeqCst), 3);
 }
+
+// ---------------------------------------------------------------------------
+// Yielding.
+
+type BoxedTask = Pin<Box<dyn Future<Output = Result<(), TaskErr>> + Send>>;
+
+/// A task that spawns its successor until `stop` is set, counting the
+/// links of the chain that ran.
+fn endless_chain(
+    spawner: ctxtree::Spawner<TaskErr>,
+    stop: Arc<AtomicBool>,
+    ran: Arc<AtomicUsize>,
+) -> BoxedTask {
+    Box::pin(async move {
+        ran.fetch_add(1, Ordering::SeqCst);
+        if !stop.load(Ordering::SeqCst) {
+            spawner.spawn(endless_chain(spawner.clone(), stop, ran));
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn endless_spawning_still_lets_futures_beside_the_group_run() {
+    // `join` polls the group, then the future beside it, on one thread: if
+    // the group never returned `Pending`, the flag that ends the chain would
+    // never be set and this would hang (`within_patience` fails it instead).
+    let ran = within_patience("endless spawning", || {
+        let group = Group::<TaskErr>::new(&Context::background());
+        let stop = Arc::new(AtomicBool::new(false));
+        let ran = Arc::new(AtomicUsize::new(0));
+        group.spawn(endless_chain(group.spawner(), stop.clone(), ran.clone()));
+        let beside = async {
+            yield_once().await;
+            stop.store(true, Ordering::SeqCst);
+        };
+        let (result, ()) = block_on(futures::future::join(group.wait(), beside));
+        assert_eq!(result, Ok(()));
+        ran.load(Ordering::SeqCst)
+    });
+    // The chain ran through at least one budget of polls per yield, and
+    // ended once the future beside the group had run twice.
+    assert!(ran > 1, "the chain ran {ran} links");
+}
