@@ -1,74 +1,31 @@
 //! Allocation audit of the hot paths: how many times each operation calls the
 //! allocator.
 //!
-//! A counting global allocator bumps a thread-local counter, so only the
-//! allocations of the thread doing the audit count, whatever other tests or
-//! runtime threads (async-io's reactor) do meanwhile. All audits run inside
+//! The counting global allocator (tests/common) bumps a thread-local counter
+//! too, and the audit reads only that one, so only the allocations of the
+//! thread doing the audit count, whatever other tests or runtime threads
+//! (async-io's reactor) do meanwhile. All audits run inside
 //! one `#[test]`, on one thread.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
+use common::thread_allocs;
 use ctxtree::Context;
 
-struct CountingAlloc;
-
-thread_local! {
-    // `const` and `Cell<usize>` (no destructor): touching it never allocates
-    // and never registers a destructor, so the allocator may use it.
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn bump() {
-    // `try_with`: during thread teardown the slot may be gone; not counting
-    // then is fine.
-    let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged; the counter is a thread-local `Cell` that never allocates.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-fn allocs() -> usize {
-    ALLOCS.with(Cell::get)
-}
+static ALLOCATOR: common::Counting = common::Counting;
 
 /// Runs `f` and returns its output with the number of allocation calls this
 /// thread made while it ran. The output is returned, so its drop is not
 /// counted.
 fn count<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let before = allocs();
+    let before = thread_allocs();
     let out = f();
-    let after = allocs();
+    let after = thread_allocs();
     (out, after - before)
 }
 
@@ -86,7 +43,7 @@ fn hot_paths_allocate_as_documented() {
     let mut cx = TaskContext::from_waker(waker);
 
     // Make sure the counter's own thread-local is initialized.
-    let _ = allocs();
+    let _ = thread_allocs();
 
     let background = Context::background();
     let (root, _root_cancel) = background.with_cancel();

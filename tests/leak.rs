@@ -4,78 +4,22 @@
 //!
 //! This file installs a counting global allocator, which applies to this
 //! whole test binary, so it holds leak tests only, and they run one at a
-//! time (`SERIAL`): live bytes are a process-wide number.
+//! time (`common::serial`): live bytes are a process-wide number.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
+use common::{assert_near, live_bytes, n, serial};
 use ctxtree::{Canceller, Context, Error};
 
-/// Live heap bytes of the whole process (signed: a block allocated before a
-/// baseline may be freed after it).
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct Counting;
-
-// SAFETY: every call is forwarded to `System` unchanged; we only count.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn live() -> isize {
-    LIVE.load(Ordering::SeqCst)
-}
-
-/// One leak test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+static ALLOCATOR: common::Counting = common::Counting;
 
 /// Room for noise that is not ours: thread-local buffers, and above all the
 /// test harness, whose main thread may still be handling the previous
@@ -137,35 +81,13 @@ fn flush_timer_ops() {
     }
 }
 
-/// How many children the big loops make and drop.
-/// 1_000_000, or 10_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
-/// where memcheck runs the same paths some 50 times slower.
-fn n() -> usize {
-    if std::env::var_os("CTXTREE_VALGRIND").is_some() {
-        10_000
-    } else {
-        1_000_000
-    }
-}
-
-/// Asserts that live bytes are within `slack` of `baseline`.
-#[track_caller]
-fn assert_near(what: &str, baseline: isize, slack: isize) {
-    let now = live();
-    assert!(
-        now - baseline <= slack,
-        "{what}: {} bytes more than the baseline (slack {slack})",
-        now - baseline
-    );
-}
-
 /// Checks that the allocator counts at all, so the tests below can fail:
 /// holding `n` children of `parent` costs at least `n * 32` bytes.
 fn assert_counting(parent: &Context, make: impl Fn(&Context) -> Context) {
-    let before = live();
+    let before = live_bytes();
     let held: Vec<Context> = (0..1000).map(|_| make(parent)).collect();
     assert!(
-        live() - before >= 1000 * 32,
+        live_bytes() - before >= 1000 * 32,
         "the counting allocator does not count"
     );
     drop(held);
@@ -184,7 +106,7 @@ fn churn(parent: &Context, slack: isize, flush: Option<fn()>, make: impl Fn(&Con
     if let Some(flush) = flush {
         flush();
     }
-    let baseline = live();
+    let baseline = live_bytes();
     for i in 0..n() {
         let child = make(parent);
         assert!(!child.is_done());
@@ -297,14 +219,14 @@ fn done_of_a_dropped_child_frees_it_when_dropped() {
         let mut done = child.done();
         assert!(poll_once(&mut done).is_pending());
     }
-    let baseline = live();
+    let baseline = live_bytes();
 
     // An unpolled Done.
     let (child, canceller) = child_holding_big_value(&parent);
     let done = child.done();
     drop((child, canceller));
     assert!(
-        live() - baseline >= BIG as isize,
+        live_bytes() - baseline >= BIG as isize,
         "the Done keeps the node (and so its parent's value)"
     );
     drop(done);
@@ -316,7 +238,7 @@ fn done_of_a_dropped_child_frees_it_when_dropped() {
     assert!(poll_once(&mut done).is_pending());
     drop((child, canceller));
     assert!(poll_once(&mut done).is_pending());
-    assert!(live() - baseline >= BIG as isize);
+    assert!(live_bytes() - baseline >= BIG as isize);
     drop(done);
     assert_near("after dropping a pending Done", baseline, SLACK);
 
@@ -345,14 +267,14 @@ fn pending_done_of_a_dropped_child_still_resolves_then_frees() {
     drop(warm);
 
     let (parent, cancel) = Context::background().with_cancel();
-    let baseline = live();
+    let baseline = live_bytes();
     let (child, c) = child_holding_big_value(&parent);
     let mut done = child.done();
     drop((child, c));
     assert!(poll_once(&mut done).is_pending());
     cancel.cancel();
     assert_eq!(poll_once(&mut done), Poll::Ready(Error::Canceled));
-    assert!(live() - baseline >= BIG as isize);
+    assert!(live_bytes() - baseline >= BIG as isize);
     drop(done);
     assert_near("after a resolved Done", baseline, SLACK);
 }
@@ -361,7 +283,7 @@ fn pending_done_of_a_dropped_child_still_resolves_then_frees() {
 fn a_deep_dropped_chain_frees_everything() {
     let _serial = serial();
     let (root, cancel) = Context::background().with_cancel();
-    let baseline = live();
+    let baseline = live_bytes();
     let mut leaf = root.clone();
     for i in 0..100_000u32 {
         leaf = if i % 2 == 0 {
@@ -370,7 +292,7 @@ fn a_deep_dropped_chain_frees_everything() {
             leaf.with_value(i)
         };
     }
-    assert!(live() - baseline > 100_000 * 32);
+    assert!(live_bytes() - baseline > 100_000 * 32);
     drop(leaf);
     assert_near("after dropping a 100,000-deep chain", baseline, SLACK);
     cancel.cancel();
@@ -385,7 +307,7 @@ fn dropped_pending_dones_of_a_live_node_leave_nothing_behind() {
         let mut done = ctx.done();
         assert!(poll_once(&mut done).is_pending());
     }
-    let baseline = live();
+    let baseline = live_bytes();
     for i in 0..n() / 2 {
         let mut done = ctx.done();
         assert!(poll_once(&mut done).is_pending());
@@ -416,7 +338,7 @@ fn stopped_callbacks_of_a_live_node_leave_nothing_behind() {
     for _ in 0..1000 {
         assert!(register(&ctx).stop());
     }
-    let baseline = live();
+    let baseline = live_bytes();
     for i in 0..n() / 2 {
         let af = register(&ctx);
         assert!(af.stop());

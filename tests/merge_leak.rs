@@ -5,83 +5,15 @@
 //!
 //! This file installs a counting global allocator, which applies to this
 //! whole test binary, so it holds leak tests only, and they run one at a
-//! time (`SERIAL`): live bytes are a process-wide number.
+//! time (`common::serial`): live bytes are a process-wide number.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+mod common;
 
+use common::{allocs, assert_near, live_bytes, n, serial};
 use ctxtree::{Canceller, Context, Error};
 
-/// Live heap bytes of the whole process (signed: a block allocated before a
-/// baseline may be freed after it).
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-/// Allocations made by the whole process, ever.
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-struct Counting;
-
-// SAFETY: every call is forwarded to `System` unchanged; we only count.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn live() -> isize {
-    LIVE.load(Ordering::SeqCst)
-}
-
-fn allocs() -> usize {
-    ALLOCS.load(Ordering::SeqCst)
-}
-
-/// One leak test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+static ALLOCATOR: common::Counting = common::Counting;
 
 /// Room for noise that is not ours: thread-local buffers, and the test
 /// harness, whose main thread may be spawning the next test's thread (which
@@ -93,28 +25,10 @@ const SLACK: isize = 64 * 1024;
 /// The size of the value that single-object checks hang above a node.
 const BIG: usize = 1 << 20;
 
-/// How many merged children the big loops make and drop. A debug build
-/// makes and drops about 1,000,000 in well under 30 s here (measured: see
-/// the report in the loop test), so the full million runs in both profiles.
-/// 1_000_000, or 10_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
-/// where memcheck runs the same paths some 50 times slower.
-fn n() -> usize {
-    if std::env::var_os("CTXTREE_VALGRIND").is_some() {
-        10_000
-    } else {
-        1_000_000
-    }
-}
-
-#[track_caller]
-fn assert_near(what: &str, baseline: isize, slack: isize) {
-    let now = live();
-    assert!(
-        now - baseline <= slack,
-        "{what}: {} bytes more than the baseline (slack {slack})",
-        now - baseline
-    );
-}
+// How many merged children the big loops make and drop: `common::n()`. A
+// debug build makes and drops about 1,000,000 in well under 30 s here
+// (measured: see the report in the loop test), so the full million runs in
+// both profiles.
 
 /// Creates and drops `n` merged children made by `make`, sampling live
 /// bytes half-way and at the end. Each child is checked live (or done, if
@@ -126,14 +40,14 @@ fn churn(n: usize, expect_done: bool, mut make: impl FnMut() -> (Context, Cancel
         drop(make());
     }
     // The allocator counts: holding 1,000 children costs memory.
-    let before = live();
+    let before = live_bytes();
     let held: Vec<_> = (0..1000).map(|_| make()).collect();
     assert!(
-        live() - before >= 1000 * 64,
+        live_bytes() - before >= 1000 * 64,
         "the counting allocator does not count"
     );
     drop(held);
-    let baseline = live();
+    let baseline = live_bytes();
     for i in 0..n {
         let (child, canceller) = make();
         assert_eq!(child.is_done(), expect_done);
@@ -244,7 +158,7 @@ fn merged_with_itself_an_ancestor_or_a_descendant_free_everything() {
         a.merge(&child)
     });
     // And the same with a big value above each: a retained node shows up.
-    let baseline = live();
+    let baseline = live_bytes();
     for _ in 0..10 {
         let (a, ca) = root.with_value(vec![1u8; BIG]).with_cancel();
         let (child, cc) = a.with_cancel();
@@ -252,7 +166,7 @@ fn merged_with_itself_an_ancestor_or_a_descendant_free_everything() {
         let (m2, c2) = child.merge(&a);
         let (m3, c3) = a.merge(&child);
         let (m4, c4) = m2.merge(&m3);
-        assert!(live() - baseline >= BIG as isize);
+        assert!(live_bytes() - baseline >= BIG as isize);
         drop((a, ca, child, cc, m1, c1, m2, c2, m3, c3, m4, c4));
         assert_near("after dropping a merged family", baseline, SLACK);
     }
@@ -267,14 +181,14 @@ fn a_dropped_merged_child_leaves_nothing_on_other() {
     let (b, cancel_b) = Context::background().with_cancel();
     // Warm up `other`'s callback list.
     drop(Context::background().merge(&b));
-    let baseline = live();
+    let baseline = live_bytes();
     let (a, ca) = Context::background()
         .with_value(vec![1u8; BIG])
         .with_cancel();
     let (m, cm) = a.merge(&b);
     drop((a, ca));
     assert!(
-        live() - baseline >= BIG as isize,
+        live_bytes() - baseline >= BIG as isize,
         "the merged node holds it"
     );
     drop((m, cm));
@@ -286,7 +200,7 @@ fn a_dropped_merged_child_leaves_nothing_on_other() {
     let (m, cm) = a.merge(&b);
     let done = m.done();
     drop((a, ca, m, cm));
-    assert!(live() - baseline >= BIG as isize, "the Done holds it");
+    assert!(live_bytes() - baseline >= BIG as isize, "the Done holds it");
     drop(done);
     assert_near("after dropping the Done", baseline, SLACK);
     cancel_b.cancel();
@@ -307,9 +221,9 @@ fn merging_allocates_what_with_cancel_does() {
         drop(a.merge(&detached));
     }
     fn count(f: impl Fn() -> (Context, Canceller)) -> (usize, isize) {
-        let (allocs0, live0) = (allocs(), live());
+        let (allocs0, live0) = (allocs(), live_bytes());
         let held = f();
-        let got = (allocs() - allocs0, live() - live0);
+        let got = (allocs() - allocs0, live_bytes() - live0);
         drop(held);
         got
     }
@@ -350,9 +264,9 @@ fn many_live_merged_children_dropped_together_return_memory() {
     let (a, _ca) = Context::background().with_cancel();
     let (b, cancel_b) = Context::background().with_cancel();
     drop(a.merge(&b));
-    let baseline = live();
+    let baseline = live_bytes();
     let held: Vec<_> = (0..20_000).map(|_| a.merge(&b)).collect();
-    assert!(live() - baseline > 20_000 * 64);
+    assert!(live_bytes() - baseline > 20_000 * 64);
     drop(held);
     assert_near(
         "after dropping 20,000 live merged children",

@@ -3,56 +3,21 @@
 //! They are never done, have no deadline, no values and no cause, their
 //! `done()` never resolves, and creating or cloning them does not allocate.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::thread_allocs;
 use ctxtree::Context;
 use futures::future::FutureExt;
 use futures::task::noop_waker;
 
 // --- an allocation counter, per thread so parallel tests do not interfere ---
 
-struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call to `System` unchanged; only counts.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-fn allocations_on_this_thread() -> usize {
-    ALLOCS.with(|c| c.get())
-}
+static ALLOCATOR: common::Counting = common::Counting;
 
 // --- helpers ---
 
@@ -175,26 +140,23 @@ fn roots_are_unaffected_by_derived_cancellation() {
 #[test]
 fn creating_and_cloning_roots_does_not_allocate() {
     // Warm up anything lazily allocated by the harness on this thread.
-    let _ = allocations_on_this_thread();
-    let before = allocations_on_this_thread();
+    let _ = thread_allocs();
+    let before = thread_allocs();
     let bg = Context::background();
     let todo = Context::todo();
     let def = Context::default();
     let clones: [Context; 3] = [bg.clone(), todo.clone(), def.clone()];
     let done = bg.done();
-    let after = allocations_on_this_thread();
+    let after = thread_allocs();
     assert_eq!(after - before, 0, "roots allocated");
     drop(done);
     drop(clones);
     assert!(!bg.is_done() && !todo.is_done() && !def.is_done());
 
     // The counter itself works: a derived node does allocate.
-    let before = allocations_on_this_thread();
+    let before = thread_allocs();
     let (child, _cancel) = bg.with_cancel();
-    assert!(
-        allocations_on_this_thread() > before,
-        "counter sees nothing"
-    );
+    assert!(thread_allocs() > before, "counter sees nothing");
     drop(child);
 }
 

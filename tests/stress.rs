@@ -33,7 +33,8 @@
 //! with every thread joined, the live heap (a counting global allocator)
 //! must be back at its level from before the test, within a small slack.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod common;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -45,72 +46,21 @@ use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{drain_async_io, live_bytes, serial};
 use ctxtree::{AfterFunc, Canceller, Context, Done, Error};
 use futures::executor::ThreadPool;
 
 // ---------------------------------------------------------------------------
-// Counting allocator
+// Counting allocator (tests/common)
 // ---------------------------------------------------------------------------
 
-/// The system allocator, counting live bytes.
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded to `System` unchanged; the counter is a
-// side effect that never touches the memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::SeqCst)
-}
+static ALLOCATOR: common::Counting = common::Counting;
 
 /// What the heap may keep after everything is dropped and every thread of
 /// the test is joined: bookkeeping of exited threads that the allocator
 /// frees a moment later, the test harness's own buffers.
 const SLACK_BYTES: isize = 64 << 10;
-
-/// The tests measure one process-wide counter: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 // ---------------------------------------------------------------------------
 // Settings
@@ -808,12 +758,6 @@ fn check_and_drop(shared: Arc<Shared>) -> Report {
     }
 }
 
-/// Deregistered `async-io` timers leave the reactor's queue only when the
-/// reactor next processes it; a timer of our own that fires proves it has.
-fn flush_async_io() {
-    smol::block_on(smol::Timer::after(Duration::from_millis(1)));
-}
-
 /// Touches every lazily allocated global (async-io's reactor and thread,
 /// this thread's block_on caches) before the baseline is taken.
 fn warm_up() {
@@ -822,18 +766,19 @@ fn warm_up() {
     cancel.cancel();
     assert_eq!(futures::executor::block_on(done), Error::Canceled);
     drop(ctx);
-    flush_async_io();
+    drain_async_io();
 }
 
 fn stress(threads: usize) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The tests measure one process-wide counter: one at a time.
+    let _serial = serial();
     warm_up();
     let time = run_time();
     let baseline = live_bytes();
     let start = Instant::now();
     let (report, seeds) = run(threads, time);
     let took = start.elapsed();
-    flush_async_io();
+    drain_async_io();
     let after = live_bytes();
     // Printed after the measurement: captured output is heap too.
     let lost = report.lost_waiters + report.lost_callbacks;

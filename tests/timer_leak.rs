@@ -16,64 +16,15 @@
 //!
 //! `CTXTREE_VALGRIND=1` (scripts/valgrind.sh) shrinks the count.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::Mutex;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{drain_async_io, live_bytes, serial};
 use ctxtree::{Context, Error};
 
-/// The system allocator, counting live bytes.
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded to `System` unchanged; the counter is a
-// side effect that never touches the memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::SeqCst)
-}
+static ALLOCATOR: common::Counting = common::Counting;
 
 /// async-io's queue of timer operations holds up to 1,000 entries; a
 /// queued removal keeps the timer's waker (and so our timer and the node's
@@ -83,9 +34,6 @@ const QUEUE_SLACK: isize = 1_000 * 512;
 /// After the reactor drained its queue: nothing of ours is left; allow for
 /// the allocator's and the harness's small change.
 const DRAINED_SLACK: isize = 16 << 10;
-
-/// The tests measure one process-wide counter: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -98,12 +46,6 @@ fn count() -> usize {
     } else {
         1_000_000
     }
-}
-
-/// Makes async-io's reactor apply its queued timer operations: it applies
-/// them, in order, before it fires a timer inserted after them.
-fn drain_async_io() {
-    smol::block_on(smol::Timer::after(Duration::from_millis(1)));
 }
 
 /// Touches every lazily allocated global (async-io's reactor, its thread,
@@ -122,7 +64,8 @@ enum End {
 }
 
 fn churn(end: End) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The tests measure one process-wide counter: one at a time.
+    let _serial = serial();
     let n = count();
     let (parent, parent_cancel) = Context::background().with_cancel();
     warm_up(&parent);
