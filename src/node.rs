@@ -391,8 +391,10 @@ impl CancelNode {
     /// O(1), since every entry's position is kept up to date. The one
     /// exception is a merged node whose last handle is being dropped while
     /// another entry's removal moves it: it cannot be upgraded to be told its
-    /// new position, so its own removal, coming next, searches. Not found
-    /// means a cancel has already taken the list.
+    /// new position, so its own removal, coming next, searches. That needs
+    /// its entry to be the last one in the list while its drop is under way,
+    /// so the expected cost stays O(1) even for long lists. Not found means
+    /// a cancel has already taken the list.
     fn remove(&self, at: usize, is_it: impl Fn(&OnDone) -> bool) {
         let (removed, moved) = {
             let mut inner = lock(&self.inner);
