@@ -117,7 +117,7 @@ impl Canceller {
 impl fmt::Debug for Canceller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Canceller")
-            .field("err", &self.node.state.err())
+            .field("err", &self.node.err())
             .finish()
     }
 }

@@ -273,11 +273,18 @@ impl Context {
     /// If `other` is already done, the child is born done with its reason. If
     /// `other` can never be done (a root, or below
     /// [`without_cancel`](Context::without_cancel)), nothing is registered on
-    /// it and the child costs what `with_cancel` costs. Otherwise `other`
-    /// keeps one weak entry for the child (no allocation of its own), and
-    /// cancelling `other` reaches the child and its subtree before that
-    /// `cancel()` returns, as it reaches `other`'s own children. Dropping
-    /// every handle of the child removes it from both parents at once.
+    /// it and the child costs what `with_cancel` costs. Otherwise the child
+    /// is registered on `other` lazily: only once something is attached to
+    /// it (a child context, a callback, a `done()` or `wait()` that has to
+    /// wait, a merge that uses it as `other`) does `other` keep one weak
+    /// entry for it (no allocation of its own), and from then on cancelling
+    /// `other` reaches the child and its subtree before that `cancel()`
+    /// returns, as it reaches `other`'s own children. Before that, the child
+    /// has nothing for a cancel to reach, and reading it (`err()`,
+    /// `is_done()`, `cause()`) looks at `other` too (one more load): so a
+    /// merged context that is only checked and dropped never takes `other`'s
+    /// lock, and nobody can tell the difference. Dropping every handle of
+    /// the child removes it from both parents at once.
     /// Merging with an ancestor, a descendant or itself is fine: the second
     /// parent holds the child only weakly, so no cycle forms; nor do chains
     /// of merges (each merged with the one before) recurse when they are
@@ -332,7 +339,9 @@ impl Context {
     }
 
     /// `err` returns `None` while the context is live, and then why it is
-    /// done, forever the same. One atomic load.
+    /// done, forever the same. One atomic load (two for a live merged
+    /// context, which reads its second parent too: see
+    /// [`merge`](Context::merge)).
     ///
     /// # Examples
     ///
@@ -347,10 +356,11 @@ impl Context {
     #[doc(alias = "Err")]
     #[inline]
     pub fn err(&self) -> Option<Error> {
-        self.repr.anchor().and_then(|node| node.state.err())
+        self.repr.anchor().and_then(|node| node.err())
     }
 
-    /// `is_done` is `err().is_some()`: one atomic load, no lock.
+    /// `is_done` is `err().is_some()`: one atomic load, no lock (two loads
+    /// for a live merged context).
     ///
     /// # Examples
     ///
@@ -363,7 +373,7 @@ impl Context {
     /// ```
     #[inline]
     pub fn is_done(&self) -> bool {
-        self.err().is_some()
+        self.repr.anchor().is_some_and(|node| node.is_done())
     }
 
     /// `cause` returns `None` while live; then the cause given to
@@ -389,7 +399,7 @@ impl Context {
     #[doc(alias = "Cause")]
     pub fn cause(&self) -> Option<Cause> {
         let node = self.repr.anchor()?;
-        let err = node.state.err()?;
+        let err = node.err()?;
         Some(node.state.given_cause().unwrap_or_else(|| Arc::new(err)))
     }
 

@@ -54,7 +54,7 @@ pub struct Done {
 impl Done {
     pub(crate) fn new(node: Option<&Arc<CancelNode>>) -> Done {
         // A done node needs no reference: its error never changes.
-        let ready = node.and_then(|n| n.state.err());
+        let ready = node.and_then(|n| n.err());
         Done {
             node: if ready.is_some() { None } else { node.cloned() },
             ready,
@@ -78,7 +78,7 @@ impl Future for Done {
         };
         loop {
             // Fast path, and the re-check after every wakeup: one load.
-            if let Some(err) = node.state.err() {
+            if let Some(err) = node.err() {
                 this.listener = None;
                 this.terminated = true;
                 return Poll::Ready(err);
@@ -93,7 +93,7 @@ impl Future for Done {
                     // sees the flag after our listener is in the list and
                     // notifies it.
                     this.listener = Some(node.event.listen());
-                    if let Some(err) = node.state.mark_listened() {
+                    if let Some(err) = node.mark_listened() {
                         this.listener = None;
                         this.terminated = true;
                         return Poll::Ready(err);
@@ -123,7 +123,7 @@ impl fmt::Debug for Done {
                 "err",
                 &self
                     .ready
-                    .or_else(|| self.node.as_ref().and_then(|n| n.state.err())),
+                    .or_else(|| self.node.as_ref().and_then(|n| n.err())),
             )
             .finish()
     }
@@ -231,19 +231,19 @@ pub(crate) fn wait(node: Option<&Arc<CancelNode>>, deadline: Option<Instant>) ->
         }
     };
     loop {
-        if let Some(err) = node.state.err() {
+        if let Some(err) = node.err() {
             return Some(err);
         }
         // Same protocol as `Done::poll`: register, flag, then block.
         let listener = node.event.listen();
-        if let Some(err) = node.state.mark_listened() {
+        if let Some(err) = node.mark_listened() {
             return Some(err);
         }
         match deadline {
             None => listener.wait(),
             Some(deadline) => {
                 if listener.wait_deadline(deadline).is_none() {
-                    return node.state.err();
+                    return node.err();
                 }
             }
         }

@@ -25,6 +25,11 @@
 //!    flag and visits the node under its lock, where it finds what was
 //!    attached. A node without the flag is finished by the CAS alone, with
 //!    no lock.
+//! 5. A merged node registers on its second parent only when something is
+//!    first attached to it, and until then reads that parent's state when
+//!    its own is asked for; whoever finishes it prefers the second parent's
+//!    reason if that parent is done. `merge.rs` states the rules and why
+//!    they keep one reason per node.
 //!
 //! # Deadlock safety
 //!
@@ -32,7 +37,9 @@
 //! timer. At most one node lock is held at a time, never while user code
 //! runs (callbacks, value drops, wakers), and never while dropping an
 //! `Arc<CancelNode>` (whose `Drop` takes its link parent's lock, then, for a
-//! merged node, its second parent's, one after the other). Callbacks run
+//! merged node, its second parent's, one after the other; a merged node
+//! joining its second parent takes that lock and lets it go before it takes
+//! its own). Callbacks run
 //! after the whole walk, with no lock held, so a callback may cancel, derive
 //! or drop anything in the tree.
 
@@ -51,6 +58,7 @@ use crate::context::Context;
 use crate::drop_chain::release;
 use crate::error::{Cause, Error};
 use crate::merge::MergeLink;
+use crate::merge::UNREGISTERED;
 use crate::raw::{ChildList, Finish, Links, StateCell};
 use crate::sync::{get_mut, lock, AtomicUsize, Mutex, MutexGuard, Ordering, Timer};
 
@@ -125,9 +133,10 @@ struct Inner {
 pub(crate) enum OnDone {
     /// Run an `after_func` callback.
     Func(Arc<dyn Callback>),
-    /// Finish a merged node whose second parent this node is (`merge.rs`),
-    /// as part of the same walk. Weak, like the child list (invariant 3):
-    /// the merged node holds this node, never the other way round.
+    /// Finish a merged node whose second parent this node is, and which
+    /// has registered here (invariant 5), as part of the same walk. Weak,
+    /// like the child list (invariant 3): the merged node holds this node,
+    /// never the other way round.
     Merged(Weak<CancelNode>),
 }
 
@@ -196,7 +205,7 @@ pub(crate) fn derive_cancel(
 pub(crate) fn new_node(parent: &Context, deadline: Option<Instant>, extra: Extra) -> CancelNode {
     CancelNode {
         parent: Some(parent.clone()),
-        state: StateCell::new(),
+        state: StateCell::new(matches!(&extra, Extra::Merge(link) if link.second().is_some())),
         event: Event::new(),
         links: Links::new(),
         inner: Mutex::new(Inner {
@@ -212,6 +221,8 @@ pub(crate) fn new_node(parent: &Context, deadline: Option<Instant>, extra: Extra
 /// if the link parent already is.
 pub(crate) fn link(parent: &Context, node: &Arc<CancelNode>) {
     if let Some(anchor) = parent.repr.anchor() {
+        // Invariant 5: a merged link parent joins its second parent first.
+        anchor.join_second_parent();
         // Invariant 4: check and link under the link parent's lock.
         let mut inner = lock(&anchor.inner);
         match anchor.state.mark_dependent() {
@@ -255,10 +266,95 @@ impl CancelNode {
         self.parent.as_ref()?.repr.anchor()
     }
 
+    /// Why the node is done, or `None` while it is live. One load, except
+    /// for a merged node that is live: that one also looks at its second
+    /// parent (invariant 5).
+    #[inline]
+    pub(crate) fn err(&self) -> Option<Error> {
+        self.state.err_or(|| self.pull_second_parent())
+    }
+
+    /// `err().is_some()`, as cheap.
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.is_done_or(|| self.pull_second_parent())
+    }
+
+    /// A live merged node whose second parent is done takes that parent's
+    /// reason now, if nothing is attached to it (invariant 5); otherwise the
+    /// second parent's walk finishes it, as it does when merging is eager.
+    #[inline(never)]
+    fn pull_second_parent(&self) -> Option<Error> {
+        let (err, cause) = self.second_reason()?;
+        self.state.finish_bare(err, cause);
+        self.state.err()
+    }
+
+    /// The second parent's error and cause, if this is a merged node whose
+    /// second parent is done.
+    fn second_reason(&self) -> Option<(Error, Option<Cause>)> {
+        let Extra::Merge(link) = &self.extra else {
+            return None;
+        };
+        let second = link.second()?;
+        let err = second.state.err()?;
+        Some((err, second.state.given_cause()))
+    }
+
+    /// Finishes this node as a child in its link parent's walk, with that
+    /// walk's reason, except that a bare merged node whose second parent is
+    /// already done takes the second parent's reason (invariant 5). Only a
+    /// bare one: a node with a subtree is visited with the walk's reason,
+    /// which its descendants must share.
+    pub(crate) fn finish_as_child(&self, err: Error, cause: &Option<Cause>) -> Option<Finish> {
+        if let Some((second_err, second_cause)) = self.second_reason() {
+            if self.state.finish_bare(second_err, second_cause) {
+                return Some(Finish::LEAF);
+            }
+        }
+        self.state.finish(err, cause.clone())
+    }
+
+    /// Records that a listener is registered, joining the second parent
+    /// first if this is a merged node; returns the error if the node is
+    /// already done, in which case that listener need not wait.
+    pub(crate) fn mark_listened(self: &Arc<Self>) -> Option<Error> {
+        self.join_second_parent();
+        self.state.mark_listened()
+    }
+
+    /// Invariant 5: before anything is attached to a merged node (a child,
+    /// a callback, a listener, a merged node of its own), it registers on
+    /// its second parent, or, if that parent is done, takes its reason.
+    /// Cheap when there is nothing to do: a tag check, or a load.
+    #[inline]
+    pub(crate) fn join_second_parent(self: &Arc<Self>) {
+        if let Extra::Merge(link) = &self.extra {
+            if let Some(second) = link.second() {
+                if !link.is_registered() && self.state.err().is_none() {
+                    self.register_on(second, link);
+                }
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn register_on(self: &Arc<Self>, second: &Arc<CancelNode>, link: &MergeLink) {
+        if let Some(err) = second.add_merged(self, &link.position) {
+            // Done: nothing was registered; the node takes its reason,
+            // unless something came first. Nothing can be attached to the
+            // node yet (it is not registered, and attachers register first),
+            // so a bare finish is all it needs.
+            self.state.finish_bare(err, second.state.given_cause());
+        }
+    }
+
     /// Cancels this node and its subtree with `err` and `cause`, unless it is
     /// already done (then returns at once: invariant 1). Iterative, so depth
     /// costs heap, not stack. Returns the first panic of a callback.
     pub(crate) fn cancel(self: &Arc<Self>, err: Error, cause: Option<Cause>) -> Option<Panic> {
+        // Invariant 5: a second parent seen done was done first.
+        let (err, cause) = self.second_reason().unwrap_or((err, cause));
         let first = self.state.finish(err, cause.clone())?;
         let mut walk = Walk {
             stack: Vec::new(),
@@ -326,7 +422,10 @@ impl CancelNode {
 
     /// Registers `callback` to run when the node is done. Returns it back if
     /// the node is already done, for the caller to run at once.
-    pub(crate) fn add_callback(&self, callback: Arc<dyn Callback>) -> Option<Arc<dyn Callback>> {
+    pub(crate) fn add_callback(
+        self: &Arc<Self>,
+        callback: Arc<dyn Callback>,
+    ) -> Option<Arc<dyn Callback>> {
         let Ok(mut inner) = self.lock_if_live() else {
             return Some(callback);
         };
@@ -339,10 +438,11 @@ impl CancelNode {
     }
 
     /// Registers `merged`, a node whose second parent this is, to be finished
-    /// with this node; its place in the list goes to `position`. Returns this
-    /// node's error if it is already done: then nothing is registered.
+    /// with this node, unless it already is; its place in the list goes to
+    /// `position`. Returns this node's error if it is already done: then
+    /// nothing is registered.
     pub(crate) fn add_merged(
-        &self,
+        self: &Arc<Self>,
         merged: &Arc<CancelNode>,
         position: &AtomicUsize,
     ) -> Option<Error> {
@@ -350,6 +450,10 @@ impl CancelNode {
             Ok(inner) => inner,
             Err(err) => return Some(err),
         };
+        // Another thread may have registered it meanwhile: once is enough.
+        if position.load(Ordering::Relaxed) != UNREGISTERED {
+            return None;
+        }
         position.store(inner.on_done.len(), Ordering::Relaxed);
         inner.on_done.push(OnDone::Merged(Arc::downgrade(merged)));
         None
@@ -359,7 +463,9 @@ impl CancelNode {
     /// done: then nothing may be attached, since nobody would take it
     /// (invariant 4: the flag is set under the lock, and a canceller marks
     /// the state before it takes the lists).
-    fn lock_if_live(&self) -> Result<MutexGuard<'_, Inner>, Error> {
+    fn lock_if_live(self: &Arc<Self>) -> Result<MutexGuard<'_, Inner>, Error> {
+        // Invariant 5, before the lock: joining takes the second parent's.
+        self.join_second_parent();
         let inner = lock(&self.inner);
         match self.state.mark_dependent() {
             None => Ok(inner),

@@ -27,6 +27,12 @@ const DEADLINE: usize = 0b0100;
 /// Set before a child is linked, a callback registered or a timer armed, so
 /// that a canceller knows whether the node needs more than its state changed.
 const DEPENDENTS: usize = 0b1000;
+/// Set from birth on a merged node whose second parent can be done, so
+/// that reading a live node's state costs one load and one test whether or
+/// not it is merged (`merge.rs`: such a node reads its second parent's
+/// state too). Only while live: finishing clears it, and the bit then
+/// belongs to the cause record's address.
+const SECOND: usize = 0b1_0000;
 const KIND: usize = CANCELED | DEADLINE;
 const RECORD: usize = !0b1111;
 
@@ -45,6 +51,12 @@ pub(crate) struct Finish {
 }
 
 impl Finish {
+    /// Nothing to do beyond the state change.
+    pub(crate) const LEAF: Finish = Finish {
+        listened: false,
+        dependents: false,
+    };
+
     /// Nothing is attached and nobody listens: changing the state was all.
     fn is_leaf(self) -> bool {
         !self.listened && !self.dependents
@@ -59,9 +71,11 @@ pub(crate) struct StateCell {
 }
 
 impl StateCell {
-    pub(crate) fn new() -> StateCell {
+    /// A live state; `second`: the node is merged with a second parent
+    /// that can be done, whose state [`err_or`](Self::err_or) must consult.
+    pub(crate) fn new(second: bool) -> StateCell {
         StateCell {
-            word: AtomicUsize::new(0),
+            word: AtomicUsize::new(if second { SECOND } else { 0 }),
         }
     }
 
@@ -69,6 +83,18 @@ impl StateCell {
     /// `None` if it was already done (the first reason stays), otherwise what
     /// the winner must still do.
     pub(crate) fn finish(&self, err: Error, cause: Option<Cause>) -> Option<Finish> {
+        self.finish_when(err, cause, false)
+    }
+
+    /// Like [`finish`](Self::finish), but only while nothing is attached and
+    /// nobody listens (no flag set): then finishing is the state change
+    /// alone, and the caller has nothing else to do. Returns whether it
+    /// finished the node.
+    pub(crate) fn finish_bare(&self, err: Error, cause: Option<Cause>) -> bool {
+        self.finish_when(err, cause, true).is_some()
+    }
+
+    fn finish_when(&self, err: Error, cause: Option<Cause>, bare_only: bool) -> Option<Finish> {
         let record = match cause {
             Some(cause) => Box::into_raw(Box::new(CauseRecord(cause))) as usize,
             None => 0,
@@ -79,7 +105,8 @@ impl StateCell {
         };
         let mut current = self.word.load(Ordering::Acquire);
         loop {
-            if current & KIND != 0 {
+            let flags = current & (LISTENED | DEPENDENTS);
+            if current & KIND != 0 || (bare_only && flags != 0) {
                 if record != 0 {
                     // SAFETY: `record` came from `Box::into_raw` above and was
                     // never published, so this is its only owner.
@@ -90,7 +117,6 @@ impl StateCell {
             // AcqRel: pairs with `mark_listened` and `mark_dependent`, which
             // are read-modify-writes of this same word: whichever comes
             // second sees the other (see `Done::poll`).
-            let flags = current & (LISTENED | DEPENDENTS);
             match self.word.compare_exchange_weak(
                 current,
                 record | kind | flags,
@@ -142,9 +168,29 @@ impl StateCell {
         decode(self.word.load(Ordering::Acquire))
     }
 
+    /// `err_or(second).is_some()`, written for a boolean: the live path is
+    /// one load and one test.
+    #[inline]
+    pub(crate) fn is_done_or(&self, second: impl FnOnce() -> Option<Error>) -> bool {
+        let word = self.word.load(Ordering::Acquire);
+        word & KIND != 0 || (word & SECOND != 0 && second().is_some())
+    }
+
+    /// [`err`](Self::err), except that a live node born with a second
+    /// parent asks `second` instead. One load and one test for any live
+    /// node without one.
+    #[inline]
+    pub(crate) fn err_or(&self, second: impl FnOnce() -> Option<Error>) -> Option<Error> {
+        let word = self.word.load(Ordering::Acquire);
+        if word & SECOND == 0 || word & KIND != 0 {
+            return decode(word);
+        }
+        second()
+    }
+
     /// The cause given when the node finished, if one was.
     pub(crate) fn given_cause(&self) -> Option<Cause> {
-        let record = self.word.load(Ordering::Acquire) & RECORD;
+        let record = record(self.word.load(Ordering::Acquire));
         if record == 0 {
             return None;
         }
@@ -153,6 +199,16 @@ impl StateCell {
         // freed in `drop`, which cannot run while `&self` is alive.
         let record = unsafe { &*(record as *const CauseRecord) };
         Some(record.0.clone())
+    }
+}
+
+/// The cause record's address in a state word, or 0: a live word has none
+/// (its `SECOND` bit is no address).
+fn record(word: usize) -> usize {
+    if word & KIND == 0 {
+        0
+    } else {
+        word & RECORD
     }
 }
 
@@ -168,12 +224,12 @@ fn decode(word: usize) -> Option<Error> {
 impl Drop for StateCell {
     fn drop(&mut self) {
         #[cfg(not(loom))]
-        let record = *self.word.get_mut() & RECORD;
+        let record = record(*self.word.get_mut());
         // Loom cannot see the happens-before that `Arc`'s own count gives
         // the last drop (std's atomics are invisible to it), so an unsynced
         // `with_mut` would be a false alarm; a load is what loom can check.
         #[cfg(loom)]
-        let record = self.word.load(Ordering::Acquire) & RECORD;
+        let record = record(self.word.load(Ordering::Acquire));
         if record != 0 {
             // SAFETY: the record was made by `Box::into_raw` in `finish`, is
             // owned by this cell alone, and `&mut self` means nobody reads it.
@@ -291,7 +347,7 @@ impl ChildList {
             let links = child.links();
             let next = links.next.get();
             links.linked.set(false);
-            if let Some(finish) = child.state.finish(err, cause.clone()) {
+            if let Some(finish) = child.finish_as_child(err, cause) {
                 if !finish.is_leaf() {
                     if let Some(child) = weak.upgrade() {
                         out.push((child, finish));

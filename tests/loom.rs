@@ -151,6 +151,7 @@ fn merged_drop_races_other_cancel() {
         let (a, _ca) = Context::background().with_cancel();
         let (b, cancel_b) = Context::background().with_cancel();
         let (m, cm) = a.with_value(FreeCount(freed.clone())).merge(&b);
+        register(&m);
         let dropper = thread::spawn(move || {
             drop(m);
             drop(cm);
@@ -200,6 +201,8 @@ fn merged_siblings_dropped_at_once_leave_other_intact() {
         let above = a.with_value(FreeCount(freed.clone()));
         let (m1, c1) = above.merge(&b);
         let (m2, c2) = above.merge(&b);
+        register(&m1);
+        register(&m2);
         drop(above);
         let t1 = thread::spawn(move || drop((m1, c1)));
         let t2 = thread::spawn(move || drop((m2, c2)));
@@ -211,6 +214,67 @@ fn merged_siblings_dropped_at_once_leave_other_intact() {
         assert_eq!(m3.err(), Some(Error::Canceled));
         assert!(!a.is_done());
     });
+}
+
+/// A merged child that nothing is attached to yet, listened to on one thread
+/// while its second parent is cancelled on another: the listen registers it
+/// on the second parent, or finds that parent done, or the cancel's walk
+/// finds the entry; whichever, the waiter wakes (a lost wakeup shows up as
+/// a loom deadlock) with the second parent's error.
+#[test]
+fn unregistered_merged_listen_races_other_cancel() {
+    model("unregistered_merged_listen_races_other_cancel", || {
+        let (a, _ca) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, _cm) = a.merge(&b);
+        let listened = m.clone();
+        let waiter = thread::spawn(move || loom::future::block_on(listened.done()));
+        let canceller = thread::spawn(move || cancel_b.cancel_with_cause(cause("other")));
+        canceller.join().unwrap();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+        assert_eq!(m.cause().unwrap().to_string(), "other");
+        assert!(!a.is_done());
+    });
+}
+
+/// A merged child that nothing is attached to yet: its second parent is
+/// cancelled on one thread; another reads its cause (which may take the
+/// second parent's reason on the spot) and then derives a child (which
+/// registers it, or finds the second parent done); meanwhile its own
+/// canceller fires. Exactly one reason wins, the reader never sees it
+/// change, and the grandchild reports the same one.
+#[test]
+fn unregistered_merged_observed_while_cancelled_two_ways() {
+    model(
+        "unregistered_merged_observed_while_cancelled_two_ways",
+        || {
+            let (a, _ca) = Context::background().with_cancel();
+            let (b, cancel_b) = Context::background().with_cancel();
+            let (m, cm) = a.merge(&b);
+            let observed = m.clone();
+            let reader = thread::spawn(move || {
+                let seen = observed.cause().map(|c| c.to_string());
+                let (child, _c) = observed.with_cancel();
+                (seen, child)
+            });
+            let canceller = thread::spawn(move || cancel_b.cancel_with_cause(cause("other")));
+            cm.cancel_with_cause(cause("own"));
+            canceller.join().unwrap();
+            let (seen, child) = reader.join().unwrap();
+            let merged_cause = m.cause().unwrap().to_string();
+            assert!(merged_cause == "own" || merged_cause == "other");
+            if let Some(seen) = seen {
+                assert_eq!(seen, merged_cause);
+            }
+            assert_eq!(child.cause().unwrap().to_string(), merged_cause);
+        },
+    );
+}
+
+/// Makes a merged child register on its second parent (merging registers
+/// lazily, when something is first attached): a child, linked and dropped.
+fn register(merged: &Context) {
+    drop(merged.with_cancel());
 }
 
 /// Counts its drops: hung above a merged child, it tells when that child

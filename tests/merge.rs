@@ -103,6 +103,14 @@ fn no_deadlock<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'st
     }
 }
 
+/// Makes a merged child register on its second parent, as anything attached
+/// to it does (a child here, linked and dropped). Until then a merged child
+/// only reads its second parent's state; the tests that matter run both
+/// ways.
+fn register(merged: &Context) {
+    drop(merged.with_cancel());
+}
+
 /// Counts its drops: hung above a node as a value, it tells whether that
 /// node (which holds its parent) has been freed.
 struct DropCounter(Arc<AtomicUsize>);
@@ -170,34 +178,49 @@ fn own_canceller_cancels_only_the_merged_child() {
 
 #[test]
 fn first_reason_wins_other_then_self() {
-    let (a, cancel_a) = Context::background().with_cancel();
-    let (b, cancel_b) = Context::background().with_cancel();
-    let (m, cm) = a.merge(&b);
-    cancel_b.cancel_with_cause(my_cause(1));
-    cancel_a.cancel_with_cause(my_cause(2));
-    cm.cancel_with_cause(my_cause(3));
-    assert_done_with("merged", &m, Error::Canceled, Some(1));
+    for registered in [false, true] {
+        let (a, cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, cm) = a.merge(&b);
+        if registered {
+            register(&m);
+        }
+        cancel_b.cancel_with_cause(my_cause(1));
+        cancel_a.cancel_with_cause(my_cause(2));
+        cm.cancel_with_cause(my_cause(3));
+        assert_done_with("merged", &m, Error::Canceled, Some(1));
+    }
 }
 
 #[test]
 fn first_reason_wins_self_then_other() {
-    let (a, cancel_a) = Context::background().with_cancel();
-    let (b, cancel_b) = Context::background().with_cancel();
-    let (m, _cm) = a.merge(&b);
-    cancel_a.cancel_with_cause(my_cause(1));
-    cancel_b.cancel_with_cause(my_cause(2));
-    assert_done_with("merged", &m, Error::Canceled, Some(1));
+    for registered in [false, true] {
+        let (a, cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, _cm) = a.merge(&b);
+        if registered {
+            register(&m);
+        }
+        cancel_a.cancel_with_cause(my_cause(1));
+        cancel_b.cancel_with_cause(my_cause(2));
+        assert_done_with("merged", &m, Error::Canceled, Some(1));
+    }
 }
 
 #[test]
 fn first_reason_wins_own_then_parents() {
-    let (a, cancel_a) = Context::background().with_cancel();
-    let (b, cancel_b) = Context::background().with_cancel();
-    let (m, cm) = a.merge(&b);
-    cm.cancel_with_cause(my_cause(7));
-    cancel_b.cancel_with_cause(my_cause(2));
-    cancel_a.cancel_with_cause(my_cause(1));
-    assert_done_with("merged", &m, Error::Canceled, Some(7));
+    for registered in [false, true] {
+        let (a, cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, cm) = a.merge(&b);
+        if registered {
+            register(&m);
+        }
+        cm.cancel_with_cause(my_cause(7));
+        cancel_b.cancel_with_cause(my_cause(2));
+        cancel_a.cancel_with_cause(my_cause(1));
+        assert_done_with("merged", &m, Error::Canceled, Some(7));
+    }
 }
 
 #[test]
@@ -708,6 +731,140 @@ fn a_panicking_callback_below_the_merged_child_resumes_on_the_other_canceller() 
 }
 
 // ---------------------------------------------------------------------------
+// A merged child registers on `other` only when something is attached to it;
+// before that it reads `other`'s state. Nothing may tell the two apart.
+
+#[test]
+fn other_cancelled_first_wins_over_a_later_cancel_of_self_or_own() {
+    // Nothing attached to `m`: `other`'s cancel does not touch it, yet its
+    // reason is the one `m` reports, whichever of `m`'s own cancels come
+    // after, and whether or not anyone looked in between.
+    for looked in [false, true] {
+        let (a, cancel_a) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, cm) = a.merge(&b);
+        let below = m.with_value(5u8);
+        cancel_b.cancel_with_cause(my_cause(1));
+        if looked {
+            assert_eq!(cause_id(&below), Some(1));
+        }
+        cm.cancel_with_cause(my_cause(2));
+        cancel_a.cancel_with_cause(my_cause(3));
+        assert_done_with("merged", &m, Error::Canceled, Some(1));
+        assert_done_with("value below", &below, Error::Canceled, Some(1));
+    }
+}
+
+#[test]
+fn anything_attached_after_other_is_done_sees_its_reason() {
+    let (a, _ca) = Context::background().with_cancel();
+    let (b, cancel_b) = Context::background().with_cancel();
+    let (m, _cm) = a.merge(&b);
+    cancel_b.cancel_with_cause(my_cause(4));
+    // A child, a callback, a listener and a merge of `m`, each the first
+    // thing attached to a fresh merged child.
+    let (child, _c) = a.merge(&b).0.with_cancel();
+    assert_done_with("child", &child, Error::Canceled, Some(4));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let _h = m.after_func(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "ran at once");
+    let (fresh, _f) = a.merge(&b);
+    assert_eq!(block_on(fresh.done()), Error::Canceled);
+    assert_eq!(cause_id(&fresh), Some(4));
+    let (x, _cx) = Context::background().with_cancel();
+    let (far, _fc) = x.merge(&a.merge(&b).0);
+    assert_done_with("merge of a merge", &far, Error::Canceled, Some(4));
+}
+
+#[test]
+fn a_merge_of_a_merged_child_sees_the_far_parent() {
+    // `m2`'s second parent is `m1`, itself merged with `b`: cancelling `b`
+    // reaches `m2` through `m1`, attached or not, listened or not.
+    for listen in [false, true] {
+        let (a, _ca) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (c, _cc) = Context::background().with_cancel();
+        let (m1, _c1) = a.merge(&b);
+        let (m2, _c2) = c.merge(&m1.with_value(1u8));
+        let mut done = m2.done();
+        if listen {
+            assert!(poll_once(&mut done).is_pending());
+        }
+        assert_live("m2", &m2);
+        cancel_b.cancel_with_cause(my_cause(6));
+        assert_eq!(poll_once(&mut done), Poll::Ready(Error::Canceled));
+        assert_done_with("m1", &m1, Error::Canceled, Some(6));
+        assert_done_with("m2", &m2, Error::Canceled, Some(6));
+        assert_live("c", &c);
+    }
+}
+
+#[test]
+fn a_listener_added_to_a_merged_child_is_woken_by_other() {
+    // The listener is the first thing attached: it registers `m` on `b`.
+    let (a, _ca) = Context::background().with_cancel();
+    let (b, cancel_b) = Context::background().with_cancel();
+    let (m, _cm) = a.merge(&b);
+    let mut done = m.done();
+    assert!(poll_once(&mut done).is_pending());
+    let blocker = {
+        let m = m.clone();
+        thread::spawn(move || m.wait())
+    };
+    cancel_b.cancel_with_cause(my_cause(8));
+    assert_eq!(poll_once(&mut done), Poll::Ready(Error::Canceled));
+    assert_eq!(blocker.join().unwrap(), Error::Canceled);
+    assert_done_with("merged", &m, Error::Canceled, Some(8));
+}
+
+#[test]
+fn readers_racing_two_cancels_never_see_the_reason_change() {
+    // `m` has nothing attached: each reader may be the one that takes
+    // `other`'s reason on the spot, while `m`'s own canceller fires.
+    for _ in 0..300 {
+        let (a, _ca) = Context::background().with_cancel();
+        let (b, cb) = Context::background().with_cancel();
+        let (m, cm) = a.merge(&b);
+        let barrier = Arc::new(Barrier::new(4));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (m, barrier) = (m.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    let first = loop {
+                        if let Some(id) = cause_id(&m) {
+                            break id;
+                        }
+                        std::hint::spin_loop();
+                    };
+                    for _ in 0..100 {
+                        assert_eq!(cause_id(&m), Some(first), "the reason changed");
+                    }
+                    first
+                })
+            })
+            .collect();
+        let other = {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                cb.cancel_with_cause(my_cause(1));
+            })
+        };
+        barrier.wait();
+        cm.cancel_with_cause(my_cause(2));
+        other.join().unwrap();
+        let winner = cause_id(&m).unwrap();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), winner);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Races on real threads (the loom models in tests/loom.rs are exhaustive on
 // small cases; these hammer the same races).
 
@@ -743,11 +900,15 @@ fn both_parents_and_own_canceller_racing_agree_on_one_cause() {
 
 #[test]
 fn merged_child_dropped_while_other_cancels() {
-    for _ in 0..500 {
+    for round in 0..1000 {
         let (a, _ca) = Context::background().with_cancel();
         let (b, cb) = Context::background().with_cancel();
         let (m, cm) = a.merge(&b);
         let (kept, _kc) = a.merge(&b);
+        if round % 2 == 1 {
+            register(&m);
+            register(&kept);
+        }
         let barrier = Arc::new(Barrier::new(2));
         let b2 = barrier.clone();
         let dropper = thread::spawn(move || {
@@ -852,7 +1013,14 @@ fn dropping_many_live_merged_children_of_one_other_is_not_quadratic() {
     let start = Instant::now();
     drop(held);
     let with_cancel = start.elapsed();
-    let held: Vec<_> = (0..n()).map(|_| a.merge(&b)).collect();
+    let held: Vec<_> = (0..n())
+        .map(|_| {
+            let (m, cm) = a.merge(&b);
+            // Registered on `b`: the removals are what is measured.
+            register(&m);
+            (m, cm)
+        })
+        .collect();
     let start = Instant::now();
     drop(held);
     let merged = start.elapsed();
