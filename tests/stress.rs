@@ -308,6 +308,14 @@ impl Shared {
                 before_cause,
                 "with the parent's cause"
             );
+            // A reason once read never changes, whoever cancels later (a
+            // merged parent may have taken its second parent's reason
+            // when it was read above).
+            assert_eq!(
+                parent.cause().map(|c| c.to_string()),
+                before_cause,
+                "the parent's cause changed after it was read"
+            );
         }
         drop(put(&self.contexts, CONTEXTS_CAP, child, rng));
         if let Some(k) = canceller {
