@@ -15,7 +15,7 @@ use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ctxtree::{Cause, Context, Error};
+use ctxtree::{Canceller, Cause, Context, Error};
 use futures::executor::block_on;
 use futures::future::FutureExt;
 use futures::task::noop_waker;
@@ -111,6 +111,18 @@ fn register(merged: &Context) {
     drop(merged.with_cancel());
 }
 
+/// `a.merge(&b)` of two live roots, registered on `b` or not: the merged
+/// child, its canceller, and the cancellers of `a` and `b`.
+fn merged_pair(registered: bool) -> (Context, Canceller, Canceller, Canceller) {
+    let (a, cancel_a) = Context::background().with_cancel();
+    let (b, cancel_b) = Context::background().with_cancel();
+    let (m, cm) = a.merge(&b);
+    if registered {
+        register(&m);
+    }
+    (m, cm, cancel_a, cancel_b)
+}
+
 /// Counts its drops: hung above a node as a value, it tells whether that
 /// node (which holds its parent) has been freed.
 struct DropCounter(Arc<AtomicUsize>);
@@ -179,12 +191,7 @@ fn own_canceller_cancels_only_the_merged_child() {
 #[test]
 fn first_reason_wins_other_then_self() {
     for registered in [false, true] {
-        let (a, cancel_a) = Context::background().with_cancel();
-        let (b, cancel_b) = Context::background().with_cancel();
-        let (m, cm) = a.merge(&b);
-        if registered {
-            register(&m);
-        }
+        let (m, cm, cancel_a, cancel_b) = merged_pair(registered);
         cancel_b.cancel_with_cause(my_cause(1));
         cancel_a.cancel_with_cause(my_cause(2));
         cm.cancel_with_cause(my_cause(3));
@@ -195,12 +202,7 @@ fn first_reason_wins_other_then_self() {
 #[test]
 fn first_reason_wins_self_then_other() {
     for registered in [false, true] {
-        let (a, cancel_a) = Context::background().with_cancel();
-        let (b, cancel_b) = Context::background().with_cancel();
-        let (m, _cm) = a.merge(&b);
-        if registered {
-            register(&m);
-        }
+        let (m, _cm, cancel_a, cancel_b) = merged_pair(registered);
         cancel_a.cancel_with_cause(my_cause(1));
         cancel_b.cancel_with_cause(my_cause(2));
         assert_done_with("merged", &m, Error::Canceled, Some(1));
@@ -210,12 +212,7 @@ fn first_reason_wins_self_then_other() {
 #[test]
 fn first_reason_wins_own_then_parents() {
     for registered in [false, true] {
-        let (a, cancel_a) = Context::background().with_cancel();
-        let (b, cancel_b) = Context::background().with_cancel();
-        let (m, cm) = a.merge(&b);
-        if registered {
-            register(&m);
-        }
+        let (m, cm, cancel_a, cancel_b) = merged_pair(registered);
         cm.cancel_with_cause(my_cause(7));
         cancel_b.cancel_with_cause(my_cause(2));
         cancel_a.cancel_with_cause(my_cause(1));
