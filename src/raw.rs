@@ -173,7 +173,7 @@ impl StateCell {
     #[inline]
     pub(crate) fn is_done_or(&self, second: impl FnOnce() -> Option<Error>) -> bool {
         let word = self.word.load(Ordering::Acquire);
-        word & KIND != 0 || (word & SECOND != 0 && second().is_some())
+        word & (KIND | SECOND) != 0 && (word & KIND != 0 || second().is_some())
     }
 
     /// [`err`](Self::err), except that a live node born with a second
