@@ -39,9 +39,8 @@
 //! `Arc<CancelNode>` (whose `Drop` takes its link parent's lock, then, for a
 //! merged node, its second parent's, one after the other; a merged node
 //! joining its second parent takes that lock and lets it go before it takes
-//! its own). Callbacks run
-//! after the whole walk, with no lock held, so a callback may cancel, derive
-//! or drop anything in the tree.
+//! its own). Callbacks run after the whole walk, with no lock held, so a
+//! callback may cancel, derive or drop anything in the tree.
 
 use std::any::Any;
 use std::future::Future;
@@ -57,8 +56,7 @@ use crate::after_func::Callback;
 use crate::context::Context;
 use crate::drop_chain::release;
 use crate::error::{Cause, Error};
-use crate::merge::MergeLink;
-use crate::merge::UNREGISTERED;
+use crate::merge::{MergeLink, UNREGISTERED};
 use crate::raw::{ChildList, Finish, Links, StateCell};
 use crate::sync::{get_mut, lock, AtomicUsize, Mutex, MutexGuard, Ordering, Timer};
 
