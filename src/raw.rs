@@ -95,6 +95,14 @@ impl StateCell {
     }
 
     fn finish_when(&self, err: Error, cause: Option<Cause>, bare_only: bool) -> Option<Finish> {
+        let refused =
+            |word: usize| word & KIND != 0 || (bare_only && word & (LISTENED | DEPENDENTS) != 0);
+        let mut current = self.word.load(Ordering::Acquire);
+        // Checked before the record is made too: a done node (or, for a bare
+        // finish, one with something attached) costs no allocation.
+        if refused(current) {
+            return None;
+        }
         let record = match cause {
             Some(cause) => Box::into_raw(Box::new(CauseRecord(cause))) as usize,
             None => 0,
@@ -103,10 +111,9 @@ impl StateCell {
             Error::Canceled => CANCELED,
             Error::DeadlineExceeded => DEADLINE,
         };
-        let mut current = self.word.load(Ordering::Acquire);
         loop {
             let flags = current & (LISTENED | DEPENDENTS);
-            if current & KIND != 0 || (bare_only && flags != 0) {
+            if refused(current) {
                 if record != 0 {
                     // SAFETY: `record` came from `Box::into_raw` above and was
                     // never published, so this is its only owner.

@@ -358,7 +358,9 @@ fn merge_chain(first: &Context, second: &Context) -> Context {
 
 #[test]
 fn chain_of_merges_through_second_parents_is_cancelled_then_dropped() {
-    // Each merged node is finished by the walk of its second parent: the
+    // Each merged node but the leaf is registered on its second parent (it
+    // is the next one's second parent) and is finished by that parent's
+    // walk; the leaf, with nothing attached, takes the reason when read. The
     // walk must reach the end of the chain without recursion, and dropping
     // the leaf drops every second parent in turn without recursion either.
     on_small_stack(|| {
