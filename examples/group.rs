@@ -6,10 +6,10 @@
 //!    └──────────────── merge ───────────────────┘
 //!                        └─ group context
 //!                             ├─ users             ~40ms
-//!                             ├─ orders            ~80ms
-//!                             ├─ inventory         fails after ~120ms
-//!                             ├─ recommendations   ~1s
-//!                             └─ search            ~2s
+//!                             ├─ orders            ~400ms
+//!                             ├─ inventory         fails after ~600ms
+//!                             ├─ recommendations   ~1.2s
+//!                             └─ search            ~1.8s
 //! ```
 //!
 //! First request: `inventory` fails. The group cancels its context with that
@@ -37,11 +37,13 @@ use smol::Timer;
 /// The simulated backends: how long each takes, and whether it fails.
 const BACKENDS: [(&str, u64, bool); 5] = [
     ("users", 40, false),
-    ("orders", 80, false),
-    ("inventory", 120, true),
-    ("recommendations", 1_000, false),
-    ("search", 2_000, false),
+    ("orders", 400, false),
+    ("inventory", 600, true),
+    ("recommendations", 1_200, false),
+    ("search", 1_800, false),
 ];
+// The gaps are wide so that a stalled machine cannot reorder the story: the
+// shutdown in request 2 (at 60ms) must come before `orders` finishes.
 
 /// If the demo has not finished by then, something is wrong: give up.
 const WATCHDOG: Duration = Duration::from_secs(10);

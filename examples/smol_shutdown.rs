@@ -194,7 +194,9 @@ async fn run(demo: bool) -> io::Result<()> {
             r.cause,
         );
     }
-    let began = *began.get().expect("the root context is done");
+    // `wait`, not `get`: the callback runs after the cancel has woken the
+    // workers, so they can all be done before it has.
+    let began = *began.wait();
     println!(
         "shutdown began {} ms after the start; the last worker stopped {} ms later",
         (began - started).as_millis(),

@@ -218,12 +218,14 @@ fn child_deadline_never_affects_parent_or_siblings() {
     let (timed, _tc) = parent.with_timeout(Duration::from_millis(20));
     let (timed_child, _tcc) = timed.with_cancel();
     let (sibling, _sc) = parent.with_cancel();
+    // Wait on the child: a wait on `timed` that starts after the timer fired
+    // can return while the timer thread's walk has not reached the child.
     assert_eq!(
-        timed.wait_timeout(Duration::from_secs(5)),
+        timed_child.wait_timeout(Duration::from_secs(5)),
         Some(Error::DeadlineExceeded),
         "20ms deadline not observed within 5s"
     );
-    assert_eq!(timed_child.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(timed.err(), Some(Error::DeadlineExceeded));
     assert_live("parent", &parent);
     assert_live("sibling", &sibling);
 }
@@ -337,7 +339,10 @@ fn deadline_racing_a_cancel_settles_on_one_reason() {
         let err = ctx
             .wait_timeout(Duration::from_secs(5))
             .expect("done within 5s");
-        assert_eq!(child.err(), Some(err));
+        // Wait on the child too: if the timer thread won, our cancel returned
+        // at once and the wait above may have found `ctx` done while that
+        // thread's walk had not reached `child` yet.
+        assert_eq!(child.wait_timeout(Duration::from_secs(5)), Some(err));
         match err {
             Error::Canceled => {
                 assert_eq!(cause_id(&ctx), Some(round as usize));
