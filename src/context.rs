@@ -343,6 +343,12 @@ impl Context {
     /// context, which reads its second parent too: see
     /// [`merge`](Context::merge)).
     ///
+    /// While another thread (or a deadline) cancels an ancestor, a context
+    /// can be seen done a moment before its descendants are, as with Go's
+    /// `Done` channel: to know that a descendant is done, ask it or wait on
+    /// it, not its ancestor. A `cancel()` that wins returns only once the
+    /// whole subtree is done, and waiters are woken only then.
+    ///
     /// # Examples
     ///
     /// ```
