@@ -38,7 +38,7 @@
 //! 15 s after the start (with `--demo`) or after the shutdown began.
 
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_signal::{Signal, Signals};
@@ -156,12 +156,9 @@ async fn run(demo: bool) -> io::Result<()> {
     // Note when the shutdown begins: `after_func` runs on the thread that
     // cancels, as soon as it does.
     let started = Instant::now();
-    let began = Arc::new(OnceLock::new());
-    let _note = root.after_func({
-        let began = began.clone();
-        move || {
-            let _ = began.set(Instant::now());
-        }
+    let (began_tx, began) = std::sync::mpsc::sync_channel(1);
+    let _note = root.after_func(move || {
+        let _ = began_tx.send(Instant::now());
     });
 
     let tasks: Vec<_> = WORKERS
@@ -194,9 +191,11 @@ async fn run(demo: bool) -> io::Result<()> {
             r.cause,
         );
     }
-    // `wait`, not `get`: the callback runs after the cancel has woken the
-    // workers, so they can all be done before it has.
-    let began = *began.wait();
+    // Block on the channel: the callback runs after the cancel has woken
+    // the workers, so they can all be done before it has.
+    let began = began
+        .recv()
+        .map_err(|_| io::Error::other("the shutdown note was never sent"))?;
     println!(
         "shutdown began {} ms after the start; the last worker stopped {} ms later",
         (began - started).as_millis(),

@@ -177,7 +177,7 @@ pub(crate) fn derive_cancel(
     own: Option<(Instant, Option<Cause>)>,
 ) -> Arc<CancelNode> {
     let parent_deadline = parent.deadline();
-    let own = own.filter(|(when, _)| parent_deadline.is_none_or(|p| *when < p));
+    let own = own.filter(|(when, _)| parent_deadline.map_or(true, |p| *when < p));
     let node = match own {
         None => Arc::new(new_node(parent, parent_deadline, Extra::None)),
         Some((when, cause)) => Arc::new_cyclic(|weak| {
@@ -461,7 +461,7 @@ impl CancelNode {
     /// done: then nothing may be attached, since nobody would take it
     /// (invariant 4: the flag is set under the lock, and a canceller marks
     /// the state before it takes the lists).
-    fn lock_if_live(self: &Arc<Self>) -> Result<MutexGuard<'_, Inner>, Error> {
+    fn lock_if_live<'a>(self: &'a Arc<Self>) -> Result<MutexGuard<'a, Inner>, Error> {
         // Invariant 5, before the lock: joining takes the second parent's.
         self.join_second_parent();
         let inner = lock(&self.inner);
@@ -476,7 +476,7 @@ impl CancelNode {
     pub(crate) fn remove_callback(&self, callback: &Arc<dyn Callback>) {
         let at = callback.position().load(Ordering::Relaxed);
         self.remove(at, |entry| match entry {
-            OnDone::Func(c) => ptr::addr_eq(Arc::as_ptr(c), Arc::as_ptr(callback)),
+            OnDone::Func(c) => Arc::as_ptr(c).cast::<()>() == Arc::as_ptr(callback).cast::<()>(),
             OnDone::Merged(_) => false,
         });
     }
@@ -516,10 +516,11 @@ impl CancelNode {
                     callback.position().store(at, Ordering::Relaxed);
                     None
                 }
-                Some(OnDone::Merged(merged)) => merged.upgrade().inspect(|node| {
+                Some(OnDone::Merged(merged)) => merged.upgrade().map(|node| {
                     if let Extra::Merge(link) = &node.extra {
                         link.position.store(at, Ordering::Relaxed);
                     }
+                    node
                 }),
                 None => None,
             };
