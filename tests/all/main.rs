@@ -9,6 +9,9 @@
 //! Run one area with a filter on its module path, e.g.
 //! `cargo test --test all model::`.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod after_func;
 mod bad_input;
 mod cancellation;
