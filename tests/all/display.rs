@@ -53,7 +53,7 @@ fn display_with_value() {
             std::any::type_name::<UserId>()
         )
     );
-    assert_eq!(std::any::type_name::<UserId>(), "display::UserId");
+    assert_eq!(std::any::type_name::<UserId>(), "all::display::UserId");
 }
 
 #[test]
