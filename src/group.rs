@@ -6,9 +6,11 @@
 //! context, with that error as the cause.
 
 use std::collections::VecDeque;
+use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::mem;
+use std::ops::{Deref, DerefMut};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +23,290 @@ use crate::node::Panic;
 use crate::sync::{lock, AtomicBool, Mutex, Ordering};
 
 type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
+
+/// Turns the group's first error into the cause it cancels its context with.
+/// Picked by [`Group::new`], where the error type's [`GroupError`] impl is
+/// known, so that nothing else needs that bound.
+type ToCause<E> = fn(Arc<E>) -> Cause;
+
+/// `GroupError` is implemented by the error types a [`Group`] accepts; the
+/// marker `M` says how the error becomes the group context's
+/// [`cause`](Context::cause). It is sealed: the two impls below are all
+/// there is.
+///
+/// * [`AsError`]: any `E: Error + Send + Sync + 'static` (an
+///   [`io::Error`](std::io::Error), your own error enum, or a
+///   [`Cause`]). The cause is the very `Arc<E>` that [`Wait`] resolves to,
+///   so it downcasts to `E`.
+/// * [`AsDynError`]: an owning handle to a boxed
+///   `dyn Error + Send + Sync + 'static`, one that dereferences (mutably) to
+///   it and is `Debug + Display + Send + Sync + 'static`:
+///   `anyhow::Error` and `Box<dyn Error + Send + Sync>`. These are not
+///   `Error` themselves, so the cause is a [`TaskError<E>`] holding the
+///   same `Arc<E>` that `Wait` resolves to: downcast the cause to
+///   `TaskError<E>`.
+///
+/// The error types applications use match exactly one impl (an
+/// `Arc<dyn Error + Send + Sync>` is an `Error` and dereferences only
+/// immutably; `anyhow::Error` and `Box<dyn Error + Send + Sync>` are not
+/// `Error`s), so [`Group::new`] infers `M` from the error type alone: no
+/// call site names it.
+///
+/// # Caveats
+///
+/// A `Box<dyn Error>` without `+ Send + Sync` is rejected at compile time:
+/// a group's error crosses threads as its context's cause, and a
+/// `Box<dyn Error>` may not. Box the error as `Box<dyn Error + Send + Sync>`
+/// instead (`?` converts every `Error + Send + Sync` into it).
+///
+/// ```compile_fail,E0277
+/// use ctxtree::{Context, Group};
+///
+/// let group = Group::new(&Context::background());
+/// group.spawn(async { Err::<(), Box<dyn std::error::Error>>("no".into()) });
+/// ```
+///
+/// A type of your own that is an `Error` and also dereferences mutably to a
+/// `dyn Error + Send + Sync` would match both impls: then name the marker,
+/// `Group::<MyError>::new::<AsError>(&ctx)`.
+///
+/// # Examples
+///
+/// The same code for the three kinds of error; none names the marker:
+///
+/// ```
+/// use std::sync::Arc;
+/// use ctxtree::{Context, Group, TaskError};
+///
+/// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+///
+/// // An error type of its own: the cause is the error itself.
+/// let group = Group::new(&Context::background());
+/// let ctx = group.context().clone();
+/// group.spawn(async { Err(std::io::Error::other("disk full")) });
+/// let err = futures::executor::block_on(group.wait()).unwrap_err();
+/// let cause = ctx.cause().unwrap();
+/// assert!(cause.is::<std::io::Error>());
+///
+/// // anyhow: the cause is a `TaskError` holding the same `Arc`.
+/// let group = Group::new(&Context::background());
+/// let ctx = group.context().clone();
+/// group.spawn(async { Err(anyhow::anyhow!("backend down")) });
+/// let err = futures::executor::block_on(group.wait()).unwrap_err();
+/// let cause = ctx.cause().unwrap();
+/// let task_err = cause.downcast_ref::<TaskError<anyhow::Error>>().unwrap();
+/// assert!(Arc::ptr_eq(task_err.inner(), &err));
+///
+/// // A boxed error: the same.
+/// let group = Group::new(&Context::background());
+/// let ctx = group.context().clone();
+/// group.spawn(async { Err::<(), BoxError>("timed out".into()) });
+/// let err = futures::executor::block_on(group.wait()).unwrap_err();
+/// let cause = ctx.cause().unwrap();
+/// let task_err = cause.downcast_ref::<TaskError<BoxError>>().unwrap();
+/// assert!(Arc::ptr_eq(task_err.inner(), &err));
+/// assert_eq!(cause.to_string(), "timed out");
+/// ```
+#[doc(alias = "errgroup")]
+pub trait GroupError<M>: sealed::Sealed<M> + Send + Sync + 'static {}
+
+/// The [`GroupError`] marker of error types that are an
+/// [`Error`](std::error::Error) themselves: the cause is the error.
+///
+/// Inferred by [`Group::new`]; name it only to settle a type that matches
+/// both markers (see [`GroupError`]).
+///
+/// # Examples
+///
+/// ```
+/// use ctxtree::{AsError, Context, Group};
+///
+/// // Never needed for `io::Error`, but allowed:
+/// let group = Group::<std::io::Error>::new::<AsError>(&Context::background());
+/// assert!(futures::executor::block_on(group.wait()).is_ok());
+/// ```
+#[derive(Debug)]
+pub enum AsError {}
+
+/// The [`GroupError`] marker of owning handles to a boxed
+/// `dyn Error + Send + Sync` (`anyhow::Error`,
+/// `Box<dyn Error + Send + Sync>`): the cause is a [`TaskError`] around
+/// the error.
+///
+/// Inferred by [`Group::new`]; name it only to settle a type that matches
+/// both markers (see [`GroupError`]).
+///
+/// # Examples
+///
+/// ```
+/// use ctxtree::{AsDynError, Context, Group};
+///
+/// let group = Group::<anyhow::Error>::new::<AsDynError>(&Context::background());
+/// assert!(futures::executor::block_on(group.wait()).is_ok());
+/// ```
+#[derive(Debug)]
+pub enum AsDynError {}
+
+mod sealed {
+    use super::{AsDynError, AsError, Cause, TaskError};
+    use std::error::Error;
+    use std::fmt::{Debug, Display};
+    use std::ops::DerefMut;
+    use std::sync::Arc;
+
+    /// The conversion behind [`GroupError`](super::GroupError), out of
+    /// reach of other crates so that they can neither call it nor add impls.
+    pub trait Sealed<M> {
+        /// The cause a group cancels its context with when `err` is its
+        /// first error: `err` itself, or wrapped, never a copy.
+        fn to_cause(err: Arc<Self>) -> Cause;
+    }
+
+    impl<E: Error + Send + Sync + 'static> Sealed<AsError> for E {
+        fn to_cause(err: Arc<Self>) -> Cause {
+            err
+        }
+    }
+
+    impl<E> Sealed<AsDynError> for E
+    where
+        E: DerefMut<Target = dyn Error + Send + Sync + 'static>
+            + Debug
+            + Display
+            + Send
+            + Sync
+            + 'static,
+    {
+        fn to_cause(err: Arc<Self>) -> Cause {
+            Arc::new(TaskError { err })
+        }
+    }
+}
+
+impl<E: Error + Send + Sync + 'static> GroupError<AsError> for E {}
+
+impl<E> GroupError<AsDynError> for E where
+    E: DerefMut<Target = dyn Error + Send + Sync + 'static>
+        + fmt::Debug
+        + fmt::Display
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// `TaskError` is the [`cause`](Context::cause) of a [`Group`] whose error
+/// type is not an [`Error`] itself but a handle to one (`anyhow::Error`,
+/// `Box<dyn Error + Send + Sync>`): it holds the very `Arc<E>` that
+/// [`Wait`] resolves to, so the cause and the result are still one error.
+///
+/// `Display` and `Debug` are the error's own (`{:#}` and `{:?}` of an
+/// `anyhow::Error` print its chain), and [`source`](Error::source) is the
+/// source of the error inside, so walking the cause's chain visits the same
+/// errors as walking the error's.
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error as _;
+/// use std::sync::Arc;
+/// use anyhow::Context as _;
+/// use ctxtree::{Context, Group, TaskError};
+///
+/// let group = Group::new(&Context::background());
+/// let ctx = group.context().clone();
+/// group.spawn(async {
+///     let config = std::fs::read("/nonexistent/app.toml").context("loading the config")?;
+///     drop(config);
+///     Ok(())
+/// });
+/// let err: Arc<anyhow::Error> = futures::executor::block_on(group.wait()).unwrap_err();
+///
+/// let cause = ctx.cause().unwrap();
+/// let task_err = cause.downcast_ref::<TaskError<anyhow::Error>>().unwrap();
+/// assert!(Arc::ptr_eq(task_err.inner(), &err));
+/// assert_eq!(cause.to_string(), "loading the config");
+/// // The chain goes on past the wrapper, as the error's own does.
+/// let source = cause.source().unwrap();
+/// assert!(source.is::<std::io::Error>());
+/// ```
+#[doc(alias = "errgroup")]
+pub struct TaskError<E> {
+    err: Arc<E>,
+}
+
+impl<E> TaskError<E> {
+    /// `inner` is the group's error: the same `Arc` that [`Wait`] resolved
+    /// to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group, TaskError};
+    ///
+    /// let group = Group::new(&Context::background());
+    /// let ctx = group.context().clone();
+    /// group.spawn(async { Err(anyhow::anyhow!("no")) });
+    /// let err = futures::executor::block_on(group.wait()).unwrap_err();
+    /// let cause = ctx.cause().unwrap();
+    /// let inner = cause.downcast_ref::<TaskError<anyhow::Error>>().unwrap().inner();
+    /// assert!(std::sync::Arc::ptr_eq(inner, &err));
+    /// ```
+    pub fn inner(&self) -> &Arc<E> {
+        &self.err
+    }
+
+    /// `into_inner` gives back the group's error: the same `Arc` that
+    /// [`Wait`] resolved to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ctxtree::{Context, Group, TaskError};
+    ///
+    /// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    ///
+    /// let group = Group::new(&Context::background());
+    /// let ctx = group.context().clone();
+    /// group.spawn(async { Err::<(), BoxError>("no".into()) });
+    /// drop(futures::executor::block_on(group.wait()));
+    /// let cause = ctx.cause().unwrap();
+    /// let err = cause.downcast_ref::<TaskError<BoxError>>().unwrap().clone().into_inner();
+    /// assert_eq!(err.to_string(), "no");
+    /// ```
+    pub fn into_inner(self) -> Arc<E> {
+        self.err
+    }
+}
+
+impl<E> Clone for TaskError<E> {
+    fn clone(&self) -> Self {
+        TaskError {
+            err: self.err.clone(),
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for TaskError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.err, f)
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for TaskError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.err, f)
+    }
+}
+
+impl<E> Error for TaskError<E>
+where
+    E: Deref<Target = dyn Error + Send + Sync + 'static> + fmt::Debug + fmt::Display,
+{
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        (**self.err).source()
+    }
+}
 
 /// An error group: tasks that share a context, where the first error cancels
 /// the rest (Go's `errgroup.WithContext`).
@@ -73,6 +359,7 @@ pub struct Group<E> {
     canceller: Canceller,
     shared: Arc<Shared<E>>,
     limit: usize,
+    to_cause: ToCause<E>,
 }
 
 /// Adds tasks to a running [`Group`], from inside its tasks or anywhere else
@@ -166,9 +453,13 @@ impl Wake for SlotWaker {
     }
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
+impl<E> Group<E> {
     /// `new` creates a group whose context is a child of `parent`:
     /// cancelling `parent` cancels the group's tasks' context too.
+    ///
+    /// `E` is an error type of its own or an `anyhow::Error` or
+    /// `Box<dyn Error + Send + Sync>` (see [`GroupError`]); the marker `M`
+    /// is inferred from it, and `E` from the tasks when not given.
     ///
     /// # Examples
     ///
@@ -177,9 +468,17 @@ impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
     ///
     /// let group = Group::<std::io::Error>::new(&Context::background());
     /// assert!(!group.context().is_done());
+    ///
+    /// // `E` = `anyhow::Error`, fixed by the task.
+    /// let group = Group::new(&Context::background());
+    /// group.spawn(async { anyhow::ensure!(1 + 1 == 2, "arithmetic"); Ok(()) });
+    /// assert!(futures::executor::block_on(group.wait()).is_ok());
     /// ```
     #[doc(alias = "WithContext")]
-    pub fn new(parent: &Context) -> Group<E> {
+    pub fn new<M>(parent: &Context) -> Group<E>
+    where
+        E: GroupError<M>,
+    {
         let (ctx, canceller) = parent.with_cancel();
         Group {
             ctx,
@@ -197,6 +496,7 @@ impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
                 }),
             }),
             limit: usize::MAX,
+            to_cause: <E as sealed::Sealed<M>>::to_cause,
         }
     }
 
@@ -305,6 +605,7 @@ impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
                 queued: VecDeque::new(),
                 running: 0,
                 first_err: None,
+                to_cause: self.to_cause,
                 round: 0,
             },
             done: false,
@@ -312,7 +613,7 @@ impl<E: std::error::Error + Send + Sync + 'static> Group<E> {
     }
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> Spawner<E> {
+impl<E> Spawner<E> {
     /// `spawn` adds a task to the group. If the group has already finished,
     /// the task is dropped without being polled.
     ///
@@ -421,11 +722,13 @@ struct Tasks<E> {
     queued: VecDeque<Task<E>>,
     running: usize,
     first_err: Option<Arc<E>>,
+    /// Makes the cause out of the first error (see `ToCause`).
+    to_cause: ToCause<E>,
     /// Counts `Wait::poll` calls (see `Slot::round`).
     round: u64,
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> Tasks<E> {
+impl<E> Tasks<E> {
     /// Puts `task` in a free slot (or a new one) and returns its index. The
     /// slot's waker starts out queued, so wakes before the first poll add
     /// nothing: the caller polls it at once.
@@ -484,7 +787,7 @@ impl<E: std::error::Error + Send + Sync + 'static> Tasks<E> {
         if let Err(err) = result {
             if self.first_err.is_none() {
                 let err = Arc::new(err);
-                let cause: Cause = err.clone();
+                let cause = (self.to_cause)(err.clone());
                 self.first_err = Some(err);
                 canceller.cancel_with_cause(cause);
             }
@@ -493,7 +796,7 @@ impl<E: std::error::Error + Send + Sync + 'static> Tasks<E> {
     }
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> Future for Wait<E> {
+impl<E> Future for Wait<E> {
     type Output = Result<(), Arc<E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {

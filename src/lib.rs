@@ -97,6 +97,10 @@
 //! assert_eq!(err.to_string(), "backend down");
 //! ```
 //!
+//! The error type may also be `anyhow::Error` or
+//! `Box<dyn Error + Send + Sync>`; then the cause is a [`TaskError`] around
+//! the same error (see [`GroupError`]).
+//!
 //! [`wire`] carries deadlines across processes, and [`stream::until_done`]
 //! ends a stream with its context.
 //!
@@ -130,4 +134,4 @@ pub use canceller::{CancelGuard, Canceller};
 pub use context::Context;
 pub use done::{Done, Run};
 pub use error::{Cause, Error};
-pub use group::{Group, Spawner, Wait};
+pub use group::{AsDynError, AsError, Group, GroupError, Spawner, TaskError, Wait};
