@@ -21,6 +21,7 @@ mod depth;
 mod display;
 mod executors;
 mod group;
+mod group_errors;
 mod merge;
 mod model;
 mod reentrancy;
