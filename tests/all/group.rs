@@ -19,7 +19,9 @@ use ctxtree::{Context, Error, Group};
 use futures::channel::oneshot;
 use futures::executor::block_on;
 
-use crate::common::{patience, poll_once, shrunk, watchdog, CountingWaker, Executor, HOUR};
+use crate::common::{
+    patience, poll_once, shrunk, watchdog, yield_once, CountingWaker, Executor, HOUR,
+};
 
 /// The tasks' error type: not `Clone`, so the group must share it.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,28 +39,6 @@ impl std::error::Error for TaskErr {}
 fn cause_id(ctx: &Context) -> Option<usize> {
     ctx.cause()
         .and_then(|c| c.downcast_ref::<TaskErr>().map(|e| e.0))
-}
-
-/// Pending once (waking itself), then ready: lets the group interleave
-/// tasks without any timer.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-fn yield_once() -> YieldOnce {
-    YieldOnce(false)
 }
 
 /// Counts tasks in flight (started, not finished) and the most ever seen.

@@ -37,7 +37,7 @@ pub mod timing;
 pub mod tree;
 
 pub use exec::{assert_cancel_reaches_done_on_every_executor, Executor, Spawner, EXECUTORS};
-pub use poll::{done_stays_pending, poll_once, CountingWaker};
+pub use poll::{done_stays_pending, poll_once, yield_once, CountingWaker};
 pub use timing::{
     patience, shrunk, slow, valgrind, watchdog, watchdog_async, watchdog_on_stack, HOUR,
 };

@@ -68,3 +68,26 @@ pub fn done_stays_pending(ctx: &ctxtree::Context) -> bool {
     let mut done = ctx.done();
     poll_once(&mut done).is_pending() && poll_once(&mut done).is_pending()
 }
+
+/// Pending once (waking itself at once), then ready: lets tasks interleave
+/// without a timer, on any executor.
+pub fn yield_once() -> YieldOnce {
+    YieldOnce(false)
+}
+
+/// The future of [`yield_once`].
+pub struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
