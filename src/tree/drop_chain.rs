@@ -9,8 +9,8 @@
 
 use std::cell::{Cell, RefCell};
 
+use super::Repr;
 use crate::context::Context;
-use crate::node::Repr;
 
 #[cfg(not(loom))]
 std::thread_local! {
