@@ -105,7 +105,7 @@ pub(crate) use walk::{cancel, Panic};
 
 use callbacks::Attached;
 use deadline::DeadlineTimer;
-use drop_chain::release;
+use drop_chain::release_one;
 use list::{Link, List, Pointers};
 use merge::MergeLink;
 use node_ref::{Counted, RefCount};
@@ -320,6 +320,11 @@ unsafe impl Counted for Node {
             timer.node.revoke();
             timer.disarm();
         }
+        // Invariant 5: nothing was ever attached without the flag, and the
+        // count's Acquire makes every attacher's flag visible here.
+        if !self.state.has_dependents() {
+            return;
+        }
         // No walk can take the callbacks any more (nobody can reach the
         // node), but a `stop()` may still look for them until revoked.
         let attached = lock(&self.inner).attached.take();
@@ -336,13 +341,10 @@ impl Drop for Node {
         debug_assert!(crate::sync::get_mut(&mut self.inner).children.is_empty());
         // The parents are let go of without recursion: a chain of nodes, or
         // of merges through second parents, drops in constant stack.
-        let parent = std::mem::take(&mut self.parent);
-        let other = self
-            .extra
-            .as_mut()
-            .and_then(|e| e.merge.as_mut())
-            .map(|m| std::mem::take(&mut m.other));
-        release([Some(parent), other]);
+        release_one(std::mem::take(&mut self.parent));
+        if let Some(merge) = self.extra.as_mut().and_then(|e| e.merge.as_mut()) {
+            release_one(std::mem::take(&mut merge.other));
+        }
     }
 }
 
@@ -350,13 +352,13 @@ impl<V: ?Sized> Drop for ValueNode<V> {
     fn drop(&mut self) {
         // Not the last reference to the anchor: `parent` still holds it.
         self.anchor = None;
-        release([Some(std::mem::take(&mut self.parent))]);
+        release_one(std::mem::take(&mut self.parent));
     }
 }
 
 impl Drop for DetachedNode {
     fn drop(&mut self) {
-        release([Some(std::mem::take(&mut self.parent))]);
+        release_one(std::mem::take(&mut self.parent));
     }
 }
 
@@ -602,6 +604,21 @@ mod tests {
             cancel.cancel();
             assert!(late.is_done());
         }
+    }
+
+    /// What a live `with_cancel` child costs on the heap: one `Node`. Its
+    /// rarely used parts (an own deadline's timer, a second parent,
+    /// callbacks, merged children) are out of line, behind one pointer
+    /// each. The bound is what this layout reaches; it may only go down.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_cancellable_node_stays_small() {
+        assert!(
+            std::mem::size_of::<super::Node>() <= 112,
+            "Node grew to {} bytes",
+            std::mem::size_of::<super::Node>()
+        );
+        assert_eq!(std::mem::size_of::<Context>(), 24);
     }
 
     /// A middle node cancelled on one thread while the root is cancelled on

@@ -114,6 +114,30 @@ impl<T: Counted> NodeRef<T> {
         a.ptr == b.ptr
     }
 
+    /// Gives this handle back if it is not the last one; otherwise returns
+    /// it, for the caller to drop where a last release may run.
+    #[inline]
+    pub(crate) fn release_unless_last(this: NodeRef<T>) -> Result<(), NodeRef<T>> {
+        let count = &this.ref_count().0;
+        let mut current = count.load(Ordering::Relaxed);
+        while current > 1 {
+            // Release, as in `drop`: our uses happen before the free.
+            match count.compare_exchange_weak(
+                current,
+                current - 1,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    std::mem::forget(this);
+                    return Ok(());
+                }
+                Err(now) => current = now,
+            }
+        }
+        Err(this)
+    }
+
     /// A new handle to the value at `ptr`, unless its count has already
     /// reached zero (then its last release is under way, and it must not be
     /// revived): an increment only from a non-zero count.

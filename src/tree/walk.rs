@@ -158,12 +158,14 @@ impl Walk {
             }
         };
         if won {
-            // Taken out of the node's list: they must not point back at it
-            // once we let go of it (it may be freed before they run).
-            for callback in &callbacks {
-                callback.detach();
+            if !callbacks.is_empty() {
+                // Taken out of the node's list: they must not point back at
+                // it once we let go of it (it may be freed before they run).
+                for callback in &callbacks {
+                    callback.detach();
+                }
+                self.callbacks.extend(callbacks);
             }
-            self.callbacks.extend(callbacks);
             if let Some(timer) = node.timer() {
                 timer.disarm();
             }
