@@ -1,10 +1,8 @@
 //! `Canceller` and `CancelGuard`: the right to cancel a context.
 
-use std::fmt;
-use std::sync::Arc;
-
 use crate::error::{Cause, Error};
-use crate::node::CancelNode;
+use crate::tree::{self, Node, NodeRef};
+use std::fmt;
 
 /// The right to cancel one context (Go's `CancelFunc`), returned with it by
 /// `with_cancel`, `with_deadline` and `with_timeout`.
@@ -26,18 +24,35 @@ use crate::node::CancelNode;
 /// ```
 #[derive(Clone)]
 pub struct Canceller {
-    node: Arc<CancelNode>,
+    node: NodeRef<Node>,
 }
 
 impl Canceller {
-    pub(crate) fn new(node: Arc<CancelNode>) -> Canceller {
+    pub(crate) fn new(node: NodeRef<Node>) -> Canceller {
         Canceller { node }
     }
 
     /// `cancel` makes the context, and every context derived from it, done
-    /// with [`Error::Canceled`], unless it already is. Every descendant is
-    /// done before it returns. If another thread is cancelling the same
-    /// context, it returns at once without waiting for that thread.
+    /// with [`Error::Canceled`], unless it already is.
+    ///
+    /// # Guarantees
+    ///
+    /// * A `cancel` that makes the context done returns only once every
+    ///   descendant is done (those below
+    ///   [`without_cancel`](crate::Context::without_cancel) excepted), and
+    ///   once the waiters and callbacks of the nodes it finished have been
+    ///   woken and run. This holds even while other threads cancel parts of
+    ///   the subtree at the same moment: where another thread's walk got to
+    ///   a descendant first, this call finishes what is below it too,
+    ///   rather than wait for that thread. (Waking that descendant's waiters
+    ///   and running its callbacks stay with the thread that finished it.)
+    /// * A `cancel` that finds the context already done, or being cancelled
+    ///   by another thread, returns at once and changes nothing: it never
+    ///   blocks on another thread, so a callback may cancel any context,
+    ///   its own node's ancestors included.
+    /// * A descendant that another thread is reading may be seen done a
+    ///   moment before its own descendants are; see
+    ///   [`Context::err`](crate::Context::err).
     ///
     /// # Panics
     ///
@@ -86,7 +101,7 @@ impl Canceller {
     }
 
     fn cancel_as(&self, err: Error, cause: Option<Cause>) {
-        if let Some(panic) = self.node.cancel(err, cause) {
+        if let Some(panic) = tree::cancel(&self.node, err, cause) {
             std::panic::resume_unwind(panic);
         }
     }
@@ -142,7 +157,7 @@ impl fmt::Debug for Canceller {
 /// ```
 #[must_use = "a CancelGuard cancels as soon as it is dropped"]
 pub struct CancelGuard {
-    node: Option<Arc<CancelNode>>,
+    node: Option<NodeRef<Node>>,
 }
 
 impl CancelGuard {
@@ -170,7 +185,7 @@ impl CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if let Some(node) = self.node.take() {
-            if let Some(panic) = node.cancel(Error::Canceled, None) {
+            if let Some(panic) = tree::cancel(&node, Error::Canceled, None) {
                 if !std::thread::panicking() {
                     std::panic::resume_unwind(panic);
                 }

@@ -9,7 +9,7 @@ use crate::after_func::AfterFunc;
 use crate::canceller::Canceller;
 use crate::done::{Done, Run};
 use crate::error::{Cause, Error};
-use crate::node::{derive_cancel, derive_detached, derive_value, Extra, Repr};
+use crate::tree::{derive_cancel, derive_detached, derive_merged, derive_value, Kind, Repr};
 
 /// A node in a cancellation tree: it is done when cancelled, when its
 /// deadline passes, or when its parent is done, and it carries values.
@@ -99,12 +99,12 @@ impl Context {
     /// ```
     #[doc(alias = "WithCancel")]
     pub fn with_cancel(&self) -> (Context, Canceller) {
-        let node = derive_cancel(self, None);
+        let (node, handle) = derive_cancel(self, None);
         (
             Context {
-                repr: Repr::Cancel(node.clone()),
+                repr: Repr::Cancel(node),
             },
-            Canceller::new(node),
+            Canceller::new(handle),
         )
     }
 
@@ -210,12 +210,12 @@ impl Context {
     }
 
     fn deadline_child(&self, deadline: Instant, cause: Option<Cause>) -> (Context, Canceller) {
-        let node = derive_cancel(self, Some((deadline, cause)));
+        let (node, handle) = derive_cancel(self, Some((deadline, cause)));
         (
             Context {
-                repr: Repr::Cancel(node.clone()),
+                repr: Repr::Cancel(node),
             },
-            Canceller::new(node),
+            Canceller::new(handle),
         )
     }
 
@@ -276,8 +276,9 @@ impl Context {
     /// it and the child costs what `with_cancel` costs. Otherwise the child
     /// is registered on `other` lazily: only once something is attached to
     /// it (a child context, a callback, a `done()` or `wait()` that has to
-    /// wait, a merge that uses it as `other`) does `other` keep one weak
-    /// entry for it (no allocation of its own), and from then on cancelling
+    /// wait, a merge that uses it as `other`) does `other` link it into a
+    /// list of its merged children (no allocation of its own), and from
+    /// then on cancelling
     /// `other` reaches the child and its subtree before that `cancel()`
     /// returns, as it reaches `other`'s own children. Before that, the child
     /// has nothing for a cancel to reach, and reading it (`err()`,
@@ -286,7 +287,7 @@ impl Context {
     /// lock, and nobody can tell the difference. Dropping every handle of
     /// the child removes it from both parents at once.
     /// Merging with an ancestor, a descendant or itself is fine: the second
-    /// parent holds the child only weakly, so no cycle forms; nor do chains
+    /// parent never keeps the child alive, so no cycle forms; nor do chains
     /// of merges (each merged with the one before) recurse when they are
     /// cancelled, dropped or printed.
     ///
@@ -307,12 +308,12 @@ impl Context {
     #[doc(alias = "Merge")]
     #[doc(alias = "linked_token")]
     pub fn merge(&self, other: &Context) -> (Context, Canceller) {
-        let node = crate::merge::derive_merged(self, other);
+        let (node, handle) = derive_merged(self, other);
         (
             Context {
-                repr: Repr::Cancel(node.clone()),
+                repr: Repr::Cancel(node),
             },
-            Canceller::new(node),
+            Canceller::new(handle),
         )
     }
 
@@ -588,13 +589,13 @@ impl fmt::Display for Context {
             match &ctx.repr {
                 Repr::Background => f.write_str("context.Background")?,
                 Repr::Todo => f.write_str("context.TODO")?,
-                Repr::Cancel(node) => match &node.extra {
-                    Extra::None => f.write_str(".WithCancel")?,
-                    Extra::Deadline(timer) => write_deadline(f, timer.when)?,
-                    Extra::Merge(merge) => {
+                Repr::Cancel(node) => match node.kind() {
+                    Kind::Cancel => f.write_str(".WithCancel")?,
+                    Kind::Deadline(when) => write_deadline(f, when)?,
+                    Kind::Merge(other) => {
                         f.write_str(".Merge(")?;
                         todo.push(Step::Close);
-                        todo.push(Step::Path(&merge.other));
+                        todo.push(Step::Path(other));
                     }
                 },
                 Repr::Value(node) => write!(f, ".WithValue({})", node.type_name)?,

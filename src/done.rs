@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
@@ -11,7 +10,7 @@ use event_listener::{EventListener, Listener};
 use futures_core::future::FusedFuture;
 
 use crate::error::Error;
-use crate::node::CancelNode;
+use crate::tree::{Node, NodeRef};
 
 /// The future returned by [`Context::done`](crate::Context::done): resolves
 /// with the context's [`Error`] once it is done.
@@ -43,16 +42,18 @@ use crate::node::CancelNode;
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct Done {
-    /// `None` for a context that can never be done, or that already was
-    /// when this `Done` was made (then `ready` holds the error).
-    node: Option<Arc<CancelNode>>,
-    ready: Option<Error>,
+    /// First, so that it is dropped before the node it listens to.
     listener: Option<EventListener>,
+    /// `None` for a context that can never be done, or that already was
+    /// when this `Done` was made (then `ready` holds the error). May be the
+    /// node's last handle.
+    node: Option<NodeRef<Node>>,
+    ready: Option<Error>,
     terminated: bool,
 }
 
 impl Done {
-    pub(crate) fn new(node: Option<&Arc<CancelNode>>) -> Done {
+    pub(crate) fn new(node: Option<&NodeRef<Node>>) -> Done {
         // A done node needs no reference: its error never changes.
         let ready = node.and_then(|n| n.err());
         Done {
@@ -93,7 +94,7 @@ impl Future for Done {
                     // sees the flag after our listener is in the list and
                     // notifies it.
                     this.listener = Some(node.event.listen());
-                    if let Some(err) = node.mark_listened() {
+                    if let Some(err) = Node::mark_listened(node) {
                         this.listener = None;
                         this.terminated = true;
                         return Poll::Ready(err);
@@ -212,7 +213,7 @@ impl<F> fmt::Debug for Run<F> {
 
 /// Blocks until `node` is done or `deadline` passes. A context that can
 /// never be done waits for the deadline only.
-pub(crate) fn wait(node: Option<&Arc<CancelNode>>, deadline: Option<Instant>) -> Option<Error> {
+pub(crate) fn wait(node: Option<&NodeRef<Node>>, deadline: Option<Instant>) -> Option<Error> {
     let Some(node) = node else {
         match deadline {
             Some(deadline) => {
@@ -236,7 +237,7 @@ pub(crate) fn wait(node: Option<&Arc<CancelNode>>, deadline: Option<Instant>) ->
         }
         // Same protocol as `Done::poll`: register, flag, then block.
         let listener = node.event.listen();
-        if let Some(err) = node.mark_listened() {
+        if let Some(err) = Node::mark_listened(node) {
             return Some(err);
         }
         match deadline {

@@ -19,8 +19,8 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use crate::canceller::Canceller;
 use crate::context::Context;
 use crate::error::Cause;
-use crate::node::Panic;
 use crate::sync::{lock, AtomicBool, Mutex, Ordering};
+use crate::tree::Panic;
 
 type Task<E> = Pin<Box<dyn Future<Output = Result<(), E>> + Send + 'static>>;
 

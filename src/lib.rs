@@ -119,14 +119,11 @@ mod after_func;
 mod canceller;
 mod context;
 mod done;
-mod drop_chain;
 mod error;
 mod group;
-mod merge;
-mod node;
-mod raw;
 pub mod stream;
 mod sync;
+mod tree;
 pub mod wire;
 
 pub use after_func::AfterFunc;

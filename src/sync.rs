@@ -2,19 +2,48 @@
 //!
 //! Plain `std` normally; `loom`'s model-checked versions under `cfg(loom)`, so
 //! `RUSTFLAGS="--cfg loom" cargo test --test loom` explores every interleaving
-//! of the state machine and the child list.
+//! of the state machine, the reference count and the child lists.
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering},
     Mutex, MutexGuard,
 };
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// `std`'s `UnsafeCell` behind loom's interface (`with` / `with_mut` hand
+/// a raw pointer to a closure), so that under loom every access to the
+/// cell is checked for a happens-before edge with the last write.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(data: T) -> UnsafeCell<T> {
+        UnsafeCell(std::cell::UnsafeCell::new(data))
+    }
+
+    /// Calls `f` with a pointer to the contents, for reading.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Calls `f` with a pointer to the contents, for writing.
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
 
 /// The data of a mutex we own exclusively: no locking needed.
 pub(crate) fn get_mut<T>(mutex: &mut Mutex<T>) -> &mut T {

@@ -9,7 +9,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,16 @@ const SLACK: isize = 64 * 1024;
 const BIG: usize = 1 << 20;
 
 /// A child of `parent` whose own parent is a value node holding `BIG`
-/// bytes: while the child's node lives, so do those bytes.
-fn child_holding_big_value(parent: &Context) -> (Context, Canceller) {
-    parent.with_value(vec![1u8; BIG]).with_cancel()
+/// bytes: while the child's node lives, so do those bytes. The value also
+/// holds the only strong count of a probe, whose `Weak` says whether the
+/// value is still alive without reading the process's byte count (which
+/// async-io's reactor thread may lower at any moment by freeing the timers
+/// an earlier test queued).
+fn child_holding_big_value(parent: &Context) -> (Context, Canceller, Weak<()>) {
+    let probe = Arc::new(());
+    let alive = Arc::downgrade(&probe);
+    let (child, canceller) = parent.with_value((vec![1u8; BIG], probe)).with_cancel();
+    (child, canceller, alive)
 }
 
 /// async-io queues timer insertions and removals (up to 1,000 operations,
@@ -213,24 +220,27 @@ fn done_of_a_dropped_child_frees_it_when_dropped() {
     let baseline = live_bytes();
 
     // An unpolled Done.
-    let (child, canceller) = child_holding_big_value(&parent);
+    let (child, canceller, alive) = child_holding_big_value(&parent);
     let done = child.done();
     drop((child, canceller));
-    assert!(
-        live_bytes() - baseline >= BIG as isize,
+    assert_eq!(
+        alive.strong_count(),
+        1,
         "the Done keeps the node (and so its parent's value)"
     );
     drop(done);
+    assert_eq!(alive.strong_count(), 0, "dropping the Done frees the node");
     assert_near("after dropping an unpolled Done", baseline, SLACK);
 
     // A polled, pending Done: it has a listener registered.
-    let (child, canceller) = child_holding_big_value(&parent);
+    let (child, canceller, alive) = child_holding_big_value(&parent);
     let mut done = child.done();
     assert!(poll_once(&mut done).is_pending());
     drop((child, canceller));
     assert!(poll_once(&mut done).is_pending());
-    assert!(live_bytes() - baseline >= BIG as isize);
+    assert_eq!(alive.strong_count(), 1, "the pending Done keeps the node");
     drop(done);
+    assert_eq!(alive.strong_count(), 0, "dropping the Done frees the node");
     assert_near("after dropping a pending Done", baseline, SLACK);
 
     // Many of them, each polled, none cancelled.
@@ -259,14 +269,15 @@ fn pending_done_of_a_dropped_child_still_resolves_then_frees() {
 
     let (parent, cancel) = Context::background().with_cancel();
     let baseline = live_bytes();
-    let (child, c) = child_holding_big_value(&parent);
+    let (child, c, alive) = child_holding_big_value(&parent);
     let mut done = child.done();
     drop((child, c));
     assert!(poll_once(&mut done).is_pending());
     cancel.cancel();
     assert_eq!(poll_once(&mut done), Poll::Ready(Error::Canceled));
-    assert!(live_bytes() - baseline >= BIG as isize);
+    assert_eq!(alive.strong_count(), 1, "the resolved Done keeps the node");
     drop(done);
+    assert_eq!(alive.strong_count(), 0, "dropping the Done frees the node");
     assert_near("after a resolved Done", baseline, SLACK);
 }
 

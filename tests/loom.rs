@@ -3,12 +3,11 @@
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom`.
 //!
-//! Loom cannot see the reference count of `std::sync::Arc` (loom's own `Arc`
-//! has no `Weak`, which the child list needs), so it cannot see that the
-//! last drop of a node happens after every other thread's use of it. Where a
-//! model would otherwise free a node on a spawned thread, the main thread
-//! keeps a handle until the threads are joined. Frees on real threads are
-//! checked by `tests/stress.rs` under valgrind instead.
+//! A cancellable node's reference count is the crate's own, on loom's
+//! atomics, so loom sees every handle's drop: models free nodes on spawned
+//! threads, racing the last drop against a parent's cancel, a second
+//! parent's cancel and a `Done` being woken, and loom checks that the free
+//! comes after every other thread's use of the node.
 #![cfg(loom)]
 
 use std::io;
@@ -45,12 +44,10 @@ fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
 fn cancel_races_done_registration() {
     model("cancel_races_done_registration", || {
         let (ctx, cancel) = Context::background().with_cancel();
-        let keep = ctx.clone();
         let waiter = thread::spawn(move || loom::future::block_on(ctx.done()));
         let canceller = thread::spawn(move || cancel.cancel());
         canceller.join().unwrap();
         assert_eq!(waiter.join().unwrap(), Error::Canceled);
-        drop(keep);
     });
 }
 
@@ -140,10 +137,9 @@ fn after_func_races_stop_and_cancel() {
 /// are done nothing keeps the child alive (the value above it is freed
 /// exactly once) and both parents' lists are intact.
 ///
-/// Here the merged child itself is meant to be freed on a spawned thread
-/// (the dropper, or the canceller if its walk upgraded the child last):
-/// that drop, which leaves both parents, is the race under test. Both
-/// parents stay on the main thread, as the header explains.
+/// The merged child itself is freed on a spawned thread (the dropper, or
+/// the canceller if its walk acquired the child last): that drop, which
+/// leaves both parents, is the race under test.
 #[test]
 fn merged_drop_races_other_cancel() {
     model("merged_drop_races_other_cancel", || {
@@ -269,6 +265,79 @@ fn unregistered_merged_observed_while_cancelled_two_ways() {
             assert_eq!(child.cause().unwrap().to_string(), merged_cause);
         },
     );
+}
+
+/// A child's last handles dropped on one thread while its parent is
+/// cancelled on another, nothing of the child kept on the main thread: the
+/// walk finds the child in the list, live or with its count at zero and its
+/// last release waiting for the parent's lock; it finishes it or skips it,
+/// and the child is freed once, after the walk let go of it. The
+/// grandchild, which holds the child, is freed on the dropper's thread too.
+#[test]
+fn last_drop_races_parent_cancel() {
+    model("last_drop_races_parent_cancel", || {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, child_cancel) = parent.with_value(FreeCount(freed.clone())).with_cancel();
+        let grandchild = child.with_cancel();
+        let dropper = thread::spawn(move || {
+            drop(child);
+            drop(grandchild);
+            drop(child_cancel);
+        });
+        let canceller = thread::spawn(move || cancel.cancel());
+        dropper.join().unwrap();
+        canceller.join().unwrap();
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        assert!(parent.is_done());
+        let (late, _l) = parent.with_cancel();
+        assert!(late.is_done());
+    });
+}
+
+/// A registered merged child's last handle dropped on one thread while its
+/// second parent is cancelled on another (its first parent left live),
+/// nothing of the child kept on the main thread: the second parent's walk
+/// finds it in its merged list or not at all, and the child is freed once.
+#[test]
+fn merged_last_drop_races_second_parent_cancel() {
+    model("merged_last_drop_races_second_parent_cancel", || {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (a, _ca) = Context::background().with_cancel();
+        let (b, cancel_b) = Context::background().with_cancel();
+        let (m, cm) = a.with_value(FreeCount(freed.clone())).merge(&b);
+        drop(cm);
+        register(&m);
+        let dropper = thread::spawn(move || drop(m));
+        let canceller = thread::spawn(move || cancel_b.cancel());
+        dropper.join().unwrap();
+        canceller.join().unwrap();
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        assert!(!a.is_done());
+        let (late, _l) = a.merge(&b);
+        assert_eq!(late.err(), Some(Error::Canceled));
+    });
+}
+
+/// A `Done` that is its node's only handle, awaited on one thread while the
+/// parent is cancelled on another: the waiter wakes (a lost wakeup is a
+/// loom deadlock), and the node is freed when the resolved `Done` is
+/// dropped on the waiter's thread, racing the tail of the cancel's walk.
+#[test]
+fn done_as_last_handle_woken_by_parent_cancel() {
+    model("done_as_last_handle_woken_by_parent_cancel", || {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, child_cancel) = parent.with_value(FreeCount(freed.clone())).with_cancel();
+        let done = child.done();
+        drop((child, child_cancel));
+        let waiter = thread::spawn(move || loom::future::block_on(done));
+        let canceller = thread::spawn(move || cancel.cancel());
+        canceller.join().unwrap();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        assert!(parent.is_done());
+    });
 }
 
 /// Makes a merged child register on its second parent (merging registers

@@ -3,8 +3,9 @@
 //!
 //! The binaries that must own their process stay apart: those that install
 //! a counting `#[global_allocator]` (`alloc_audit`, `leak`, `merge_leak`,
-//! `roots`, `stress`, `timer_leak`) and the loom models (`loom`, built only
-//! under `--cfg loom`).
+//! `roots`, `stress`, `timer_leak`), the loom models (`loom`, built only
+//! under `--cfg loom`), and `cancel_guarantee`, which Miri and
+//! ThreadSanitizer run on its own.
 //!
 //! Run one area with a filter on its module path, e.g.
 //! `cargo test --test all model::`.

@@ -9,8 +9,8 @@
 
 use std::cell::{Cell, RefCell};
 
+use super::{NodeRef, Repr};
 use crate::context::Context;
-use crate::node::Repr;
 
 #[cfg(not(loom))]
 std::thread_local! {
@@ -24,9 +24,28 @@ loom::thread_local! {
     static QUEUE: RefCell<Vec<Context>> = RefCell::new(Vec::new());
 }
 
-/// Drops `parents`, the contexts a node let go of in its own `Drop`: its
-/// parent and, for a merged node, its second parent.
-pub(crate) fn release<const N: usize>(parents: [Option<Context>; N]) {
+/// Drops `parent`, the context a node let go of in its own `Drop`. The
+/// common cases cannot recurse and take a short way: a root owns nothing,
+/// and a cancellable parent that others still hold is let go of by one
+/// decrement.
+#[inline]
+pub(crate) fn release_one(parent: Context) {
+    match parent.repr {
+        Repr::Background | Repr::Todo => {}
+        Repr::Cancel(node) => {
+            if let Err(node) = NodeRef::release_unless_last(node) {
+                release([Some(Context {
+                    repr: Repr::Cancel(node),
+                })]);
+            }
+        }
+        repr => release([Some(Context { repr })]),
+    }
+}
+
+/// Drops `parents`, all but a root's, without recursion: at once unless a
+/// release is already running further up this thread's stack.
+fn release<const N: usize>(parents: [Option<Context>; N]) {
     // The roots own nothing: dropping one never recurses.
     let owns = |p: &Option<Context>| {
         p.as_ref()

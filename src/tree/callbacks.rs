@@ -1,0 +1,210 @@
+//! `after_func` callbacks: one slot per callback, shared by the node that
+//! will run it and the handle that can stop it; and what a node keeps of
+//! them.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use super::list::List;
+use super::merge::{self, MergedLink};
+use super::node_ref::{Backref, NodeRef};
+use super::Node;
+use crate::sync::{lock, AtomicU8, AtomicUsize, Mutex, Ordering};
+
+const PENDING: u8 = 0;
+const STARTED: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// What a node knows of a registered callback.
+pub(crate) trait Callback: Send + Sync {
+    /// Runs the callback unless it was stopped or already ran.
+    fn run(&self);
+    /// Stops it if it has not started; `true` if this call stopped it.
+    fn stop(&self) -> bool;
+    /// Drops the closure without running it: its node is going away. A
+    /// later `stop()` still returns `true`, since the callback never ran.
+    /// Also forgets the node, as [`detach`](Callback::detach) does.
+    fn discard(&self);
+    /// Forgets the node: the callback has left its list for good.
+    fn detach(&self);
+    /// Where the callback sits in its node's list, kept exact under that
+    /// node's lock so that removing it is O(1).
+    fn position(&self) -> &AtomicUsize;
+    /// The node whose list holds the callback, while it does.
+    fn node(&self) -> &Backref<Node>;
+}
+
+/// One allocation per callback: the state that decides run-versus-stop,
+/// the way back to the node, and the closure itself.
+struct Slot<F> {
+    state: AtomicU8,
+    position: AtomicUsize,
+    node: Backref<Node>,
+    f: Mutex<Option<F>>,
+}
+
+impl<F: FnOnce() + Send + 'static> Callback for Slot<F> {
+    fn run(&self) {
+        if self
+            .state
+            .compare_exchange(PENDING, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // Take it out first: the closure runs with no lock held.
+            let f = lock(&self.f).take();
+            if let Some(f) = f {
+                f();
+            }
+        }
+    }
+
+    fn stop(&self) -> bool {
+        let stopped = self
+            .state
+            .compare_exchange(PENDING, STOPPED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if stopped {
+            let f = lock(&self.f).take();
+            drop(f);
+        }
+        stopped
+    }
+
+    fn discard(&self) {
+        self.node.revoke();
+        let f = lock(&self.f).take();
+        drop(f);
+    }
+
+    fn detach(&self) {
+        self.node.revoke();
+    }
+
+    fn position(&self) -> &AtomicUsize {
+        &self.position
+    }
+
+    fn node(&self) -> &Backref<Node> {
+        &self.node
+    }
+}
+
+/// What is attached to a node besides its children, under its lock; made
+/// the first time something is.
+pub(super) struct Attached {
+    /// `after_func` callbacks, taken by the winner of the node's finish.
+    pub(super) callbacks: Vec<Arc<dyn Callback>>,
+    /// Merged nodes whose second parent this node is, registered
+    /// (`merge.rs`). They stay until they leave (invariant 2).
+    pub(super) merged: List<MergedLink>,
+}
+
+impl Attached {
+    pub(super) fn new() -> Attached {
+        Attached {
+            callbacks: Vec::new(),
+            merged: List::new(),
+        }
+    }
+
+    /// The node is going away: its callbacks will never run.
+    pub(super) fn discard(self) {
+        // Invariant 3: every merged node held this one, so none is left.
+        debug_assert!(self.merged.is_empty());
+        for callback in self.callbacks {
+            callback.discard();
+        }
+    }
+}
+
+/// Registers `f` to run when `node` is done (never, for `None`: a context
+/// that cannot be done); runs it now if the node already is. Returns the
+/// slot, for the handle.
+pub(crate) fn register_callback<F: FnOnce() + Send + 'static>(
+    node: Option<&NodeRef<Node>>,
+    f: F,
+) -> Arc<dyn Callback> {
+    let slot: Arc<dyn Callback> = Arc::new(Slot {
+        state: AtomicU8::new(PENDING),
+        position: AtomicUsize::new(0),
+        node: Backref::new(),
+        f: Mutex::new(Some(f)),
+    });
+    match node {
+        // A context that is never done: `f` can never run.
+        None => slot.discard(),
+        Some(node) => {
+            if let Some(slot) = add(node, slot.clone()) {
+                slot.run();
+            }
+        }
+    }
+    slot
+}
+
+/// Puts `callback` in `node`'s list, or gives it back if the node is done.
+fn add(node: &NodeRef<Node>, callback: Arc<dyn Callback>) -> Option<Arc<dyn Callback>> {
+    // Invariant 6: a merged node registers before anything attaches.
+    merge::join_second_parent(node);
+    let mut inner = lock(&node.inner);
+    // Invariant 5: flag, then attach, under the node's lock.
+    if node.state.mark_dependent().is_some() {
+        return Some(callback);
+    }
+    let list = &mut inner.attached().callbacks;
+    // Relaxed: positions are only read and written under this lock.
+    callback.position().store(list.len(), Ordering::Relaxed);
+    // SAFETY: from now on the callback is in this node's list until it
+    // leaves it: the node's last release discards (revokes) every callback
+    // still there, a walk that takes the list detaches each while it holds
+    // the node, and `stop_callback` detaches the one it removes.
+    unsafe { callback.node().set(node) };
+    list.push(callback);
+    None
+}
+
+/// `AfterFunc::stop`: stops the callback and, if that worked, takes it out
+/// of its node's list, so that registering and stopping in a loop does not
+/// grow a long-lived node.
+pub(crate) fn stop_callback(callback: &Arc<dyn Callback>) -> bool {
+    let stopped = callback.stop();
+    if stopped {
+        if let Some(node) = callback.node().acquire() {
+            remove(&node, callback);
+        }
+        // `node`, dropped here, may have been the last handle: no lock held.
+    }
+    stopped
+}
+
+/// Removes `callback` from `node`'s list if it is still there, in O(1).
+fn remove(node: &Node, callback: &Arc<dyn Callback>) {
+    let same = |c: &Arc<dyn Callback>| {
+        NonNull::from(&**c).cast::<()>() == NonNull::from(&**callback).cast::<()>()
+    };
+    let removed = {
+        let mut inner = lock(&node.inner);
+        let Some(attached) = inner.attached.as_mut() else {
+            return;
+        };
+        let list = &mut attached.callbacks;
+        // Positions are exact for every callback in the list, so a callback
+        // not at its position is not in the list (a walk took it).
+        let at = callback.position().load(Ordering::Relaxed);
+        if !list.get(at).is_some_and(same) {
+            return;
+        }
+        let removed = list.swap_remove(at);
+        if let Some(moved) = list.get(at) {
+            moved.position().store(at, Ordering::Relaxed);
+        }
+        // A node that once had many callbacks gives the memory back.
+        if list.capacity() > 16 && list.len() < list.capacity() / 4 {
+            list.shrink_to(list.capacity() / 2);
+        }
+        removed
+    };
+    // It left the list: it must not point at the node any more (we hold a
+    // handle, so the node is still there).
+    removed.detach();
+}

@@ -1,0 +1,647 @@
+//! The tree: cancellable nodes, value nodes, detached nodes, how they are
+//! derived, linked and freed. The cancel walk is in `walk.rs`, merged nodes'
+//! rules in `merge.rs`, deadlines in `deadline.rs`, `after_func` callbacks
+//! in `callbacks.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
+//! count), `list.rs` (the intrusive list) and `state.rs` (the state word);
+//! they know nothing of this policy.
+//!
+//! # Invariants
+//!
+//! 1. **One finish.** A node's state goes from live to done at most once, by
+//!    one compare-and-swap (`StateCell`). The winner of that CAS, and only
+//!    it, takes the node's callbacks, stops its timer and notifies its
+//!    waiters.
+//! 2. **Links.** A cancellable node sits in at most two lists, each of its
+//!    own kind: the child list of its *link parent* (the nearest cancellable
+//!    ancestor, through value nodes), and, for a merged node that has
+//!    registered, the merged list of its second parent. It is linked into
+//!    the first when it is derived, if the link parent is live then, and
+//!    into the second when it registers, if the second parent is live then;
+//!    it leaves them only when its own cancel's walk is over or when its
+//!    last handle goes. A parent's cancel does not unlink its children.
+//! 3. **Ownership points up.** A node owns its parent context (a merged
+//!    node its second parent too); lists and back-references own nothing.
+//!    So when a node's count reaches zero no descendant is left, and
+//!    ancestors outlive descendants.
+//! 4. **Reachable under a lock.** Another thread finds a node only through
+//!    a handle, or through a list or a `Backref` while holding the lock
+//!    that guards it. The node's last release (`Counted::last_release`)
+//!    leaves every list and revokes every back-reference under those locks
+//!    before the node is freed. So a node found under a lock may be read
+//!    (its state even changed) while the lock is held, whatever its count,
+//!    and is turned into a handle only by `NodeRef::try_acquire`, which
+//!    fails once the count is zero. Nothing ever has `&mut Node` but the
+//!    final drop.
+//! 5. **Attach, then flag.** Before a child is linked, a callback or merged
+//!    node registered or a timer armed, the node's `DEPENDENTS` flag is set
+//!    by a read-modify-write of its state word (under its lock, for all but
+//!    the timer); the finishing CAS reports the flag. So either the attacher
+//!    sees the node done (and attaches nothing: a child or merged node is
+//!    born done, a callback runs at once) or the winner sees the flag and
+//!    visits the node under its lock, where it finds what was attached. A
+//!    node without the flag is finished by the CAS alone, with no lock.
+//! 6. **Merged nodes register lazily.** `merge.rs` states the rules: a
+//!    merged node registers on its second parent before anything is
+//!    attached to it, reads that parent's state until then, and whoever
+//!    finishes it prefers the second parent's reason if that one is done.
+//! 7. **A winning cancel covers its subtree.** `walk.rs`: the walk visits
+//!    every node it finishes that has something attached, and also every
+//!    node it finds already done by another thread that has something
+//!    attached, once each; children take the reason of the node they are
+//!    reached from. When it ends, every node below was done at some point
+//!    during the walk, whoever else was cancelling part of the subtree.
+//!
+//! # Deadlock safety
+//!
+//! Locks: one per cancellable node (`inner`, guarding its child list,
+//! merged list and callbacks), and leaf locks (a `Backref`'s, a timer's
+//! slot, a callback's closure) under which nothing else is locked.
+//!
+//! * At most one node lock is held at a time. Everything that takes two
+//!   (a last release leaving its link parent and then its second parent; a
+//!   merged node registering on its second parent before locking itself)
+//!   takes them one after the other.
+//! * No user code runs under a node lock or a leaf lock (callbacks, value
+//!   drops, wakers), and no handle is dropped under a lock, since dropping
+//!   the last one runs a last release, which takes locks.
+//! * Nothing waits for another thread except to take a lock, and no lock
+//!   is held across anything that waits. In particular a cancel never waits
+//!   for another thread's walk: where that walk has reached part of the
+//!   subtree first, this one visits it too (invariant 7). The nodes and the
+//!   edges the walks follow (child lists and merged lists, from a node to
+//!   nodes derived after it) form a DAG, even with merges: an edge always
+//!   points to a node made later than its source, so no walk can come back
+//!   to where it started, and a walk remembers the merged nodes it entered
+//!   (the only ones with two ways in), so it visits each node at most once
+//!   and ends.
+//! * Callbacks run after the whole walk, with no lock held, so a callback
+//!   may cancel, derive or drop anything in the tree, its own node's
+//!   ancestors included.
+
+mod callbacks;
+mod deadline;
+mod drop_chain;
+mod list;
+mod merge;
+mod node_ref;
+mod state;
+mod walk;
+
+use std::any::Any;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Instant;
+
+use event_listener::Event;
+
+use crate::context::Context;
+use crate::error::{Cause, Error};
+use crate::sync::{lock, Mutex};
+
+pub(crate) use callbacks::{register_callback, stop_callback, Callback};
+pub(crate) use merge::derive_merged;
+pub(crate) use node_ref::NodeRef;
+pub(crate) use walk::{cancel, Panic};
+
+use callbacks::Attached;
+use deadline::DeadlineTimer;
+use drop_chain::release_one;
+use list::{Link, List, Pointers};
+use merge::MergeLink;
+use node_ref::{Counted, RefCount};
+use state::StateCell;
+
+/// What a `Context` points at. The roots need no allocation.
+#[derive(Clone)]
+pub(crate) enum Repr {
+    Background,
+    Todo,
+    Cancel(NodeRef<Node>),
+    Value(Arc<ValueNode>),
+    Detached(Arc<DetachedNode>),
+}
+
+impl Repr {
+    /// The nearest cancellable node at or above this one, if any.
+    #[inline]
+    pub(crate) fn anchor(&self) -> Option<&NodeRef<Node>> {
+        match self {
+            Repr::Cancel(node) => Some(node),
+            Repr::Value(node) => node.anchor.as_ref(),
+            Repr::Background | Repr::Todo | Repr::Detached(_) => None,
+        }
+    }
+
+    /// The context this one was derived from; `None` for the roots.
+    pub(crate) fn parent(&self) -> Option<&Context> {
+        match self {
+            Repr::Background | Repr::Todo => None,
+            Repr::Cancel(node) => Some(&node.parent),
+            Repr::Value(node) => Some(&node.parent),
+            Repr::Detached(node) => Some(&node.parent),
+        }
+    }
+}
+
+/// A node that can be cancelled: by its `Canceller`, its deadline, its link
+/// parent, or (merged) its second parent.
+pub(crate) struct Node {
+    count: RefCount,
+    pub(crate) state: StateCell,
+    /// Notified once, with every listener, when the node becomes done.
+    pub(crate) event: Event,
+    /// This node's place in its link parent's child list (invariant 2).
+    links: Pointers<Node>,
+    inner: Mutex<Inner>,
+    parent: Context,
+    /// The earliest deadline on the path to the root (for a merged node,
+    /// on either path).
+    deadline: Option<Instant>,
+    /// What only some nodes have, fixed at birth: an own deadline, a
+    /// second parent.
+    extra: Option<Box<Extra>>,
+}
+
+/// What a node's lock guards.
+struct Inner {
+    children: List<ChildLink>,
+    /// Callbacks and registered merged nodes, made on first use.
+    attached: Option<Box<Attached>>,
+}
+
+impl Inner {
+    fn attached(&mut self) -> &mut Attached {
+        self.attached
+            .get_or_insert_with(|| Box::new(Attached::new()))
+    }
+}
+
+/// The parts of a node that only deadline and merged nodes have.
+struct Extra {
+    /// An own deadline, earlier than the parent's, and its timer.
+    timer: Option<Arc<DeadlineTimer>>,
+    /// A second parent.
+    merge: Option<MergeLink>,
+}
+
+/// What a cancellable node is, for `Display`.
+pub(crate) enum Kind<'a> {
+    Cancel,
+    Deadline(Instant),
+    Merge(&'a Context),
+}
+
+/// The `Link` of child lists: through [`Node::links`].
+struct ChildLink;
+
+// SAFETY: always the node's own `links` field, which no other list kind uses.
+unsafe impl Link for ChildLink {
+    type Target = Node;
+
+    unsafe fn pointers(target: NonNull<Node>) -> NonNull<Pointers<Node>> {
+        // SAFETY: `target` is live (the caller's promise); `addr_of!` makes
+        // no reference, and the field's address is never null.
+        unsafe { NonNull::new_unchecked(std::ptr::addr_of!((*target.as_ptr()).links).cast_mut()) }
+    }
+}
+
+/// A context that carries one value and no cancellation state of its own.
+pub(crate) struct ValueNode<V: ?Sized = dyn Any + Send + Sync> {
+    parent: Context,
+    anchor: Option<NodeRef<Node>>,
+    pub(crate) type_name: &'static str,
+    pub(crate) value: V,
+}
+
+/// `without_cancel()`: keeps the parent for its values, nothing else.
+pub(crate) struct DetachedNode {
+    parent: Context,
+}
+
+impl Node {
+    fn new(parent: &Context, deadline: Option<Instant>, extra: Option<Box<Extra>>) -> Node {
+        let aux = extra
+            .as_ref()
+            .and_then(|e| e.merge.as_ref())
+            .is_some_and(|m| m.second().is_some());
+        Node {
+            count: RefCount::new(),
+            state: StateCell::new(aux),
+            event: Event::new(),
+            links: Pointers::new(),
+            inner: Mutex::new(Inner {
+                children: List::new(),
+                attached: None,
+            }),
+            parent: parent.clone(),
+            deadline,
+            extra,
+        }
+    }
+
+    /// The node whose child list this one is linked into, if any.
+    fn link_parent(&self) -> Option<&NodeRef<Node>> {
+        self.parent.repr.anchor()
+    }
+
+    fn merge_link(&self) -> Option<&MergeLink> {
+        self.extra.as_ref()?.merge.as_ref()
+    }
+
+    fn timer(&self) -> Option<&Arc<DeadlineTimer>> {
+        self.extra.as_ref()?.timer.as_ref()
+    }
+
+    /// Why the node is done, or `None` while it is live. One load, except
+    /// for a live merged node, which also looks at its second parent
+    /// (invariant 6).
+    #[inline]
+    pub(crate) fn err(&self) -> Option<Error> {
+        self.state.err_or(|| merge::pull_second_parent(self))
+    }
+
+    /// `err().is_some()`, as cheap.
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.is_done_or(|| merge::pull_second_parent(self))
+    }
+
+    /// The earliest deadline on the path to the root.
+    #[inline]
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub(crate) fn kind(&self) -> Kind<'_> {
+        match (self.timer(), self.merge_link()) {
+            (_, Some(merge)) => Kind::Merge(&merge.other),
+            (Some(timer), None) => Kind::Deadline(timer.when),
+            (None, None) => Kind::Cancel,
+        }
+    }
+
+    /// Records that a listener is registered, registering a merged node on
+    /// its second parent first (invariant 6); returns the error if the node
+    /// is already done, in which case that listener need not wait.
+    pub(crate) fn mark_listened(this: &NodeRef<Node>) -> Option<Error> {
+        merge::join_second_parent(this);
+        this.state.mark_listened()
+    }
+
+    /// Leaves the lists this node is linked into (invariant 2): its link
+    /// parent's child list and its second parent's merged list.
+    fn leave_lists(&self) {
+        if let Some(link_parent) = self.link_parent() {
+            let mut inner = lock(&link_parent.inner);
+            // SAFETY: this node is live (we hold `&self`), and the only
+            // child list it is ever linked into is its link parent's
+            // (invariant 2), whose lock we hold.
+            unsafe { inner.children.remove(NonNull::from(self)) };
+        }
+        merge::leave(self);
+    }
+}
+
+// SAFETY: `ref_count` is the node's own field. `last_release` makes the node
+// unreachable (invariant 4): it leaves its link parent's child list and its
+// second parent's merged list, each under that list's lock (the only locks
+// under which `try_acquire` is called on a node: `walk.rs`), and revokes the
+// back-references held by its timer and its callbacks (`Backref`, under
+// their own locks). Nothing else points at a node without a count.
+unsafe impl Counted for Node {
+    #[inline]
+    fn ref_count(&self) -> &RefCount {
+        &self.count
+    }
+
+    fn last_release(&self) {
+        self.leave_lists();
+        if let Some(timer) = self.timer() {
+            timer.node.revoke();
+            timer.disarm();
+        }
+        // Invariant 5: nothing was ever attached without the flag, and the
+        // count's Acquire makes every attacher's flag visible here.
+        if !self.state.has_dependents() {
+            return;
+        }
+        // No walk can take the callbacks any more (nobody can reach the
+        // node), but a `stop()` may still look for them until revoked.
+        let attached = lock(&self.inner).attached.take();
+        if let Some(attached) = attached {
+            (*attached).discard();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Invariant 3: every child and merged node held this one, so none is
+        // left; `last_release` has taken the callbacks.
+        debug_assert!(crate::sync::get_mut(&mut self.inner).children.is_empty());
+        // The parents are let go of without recursion: a chain of nodes, or
+        // of merges through second parents, drops in constant stack.
+        release_one(std::mem::take(&mut self.parent));
+        if let Some(merge) = self.extra.as_mut().and_then(|e| e.merge.as_mut()) {
+            release_one(std::mem::take(&mut merge.other));
+        }
+    }
+}
+
+impl<V: ?Sized> Drop for ValueNode<V> {
+    fn drop(&mut self) {
+        // Not the last reference to the anchor: `parent` still holds it.
+        self.anchor = None;
+        release_one(std::mem::take(&mut self.parent));
+    }
+}
+
+impl Drop for DetachedNode {
+    fn drop(&mut self) {
+        release_one(std::mem::take(&mut self.parent));
+    }
+}
+
+/// Derives a cancellable child of `parent`, with its own deadline if `own`
+/// is earlier than the parent's. Returns the node's two handles (for the
+/// `Context` and the `Canceller`).
+pub(crate) fn derive_cancel(
+    parent: &Context,
+    own: Option<(Instant, Option<Cause>)>,
+) -> (NodeRef<Node>, NodeRef<Node>) {
+    let parent_deadline = parent.deadline();
+    let own = own.filter(|(when, _)| parent_deadline.map_or(true, |p| *when < p));
+    let deadline = own
+        .as_ref()
+        .map_or(parent_deadline, |(when, _)| Some(*when));
+    let extra = own.map(|(when, cause)| {
+        Box::new(Extra {
+            timer: Some(Arc::new(DeadlineTimer::new(when, cause))),
+            merge: None,
+        })
+    });
+    let (node, handle) = NodeRef::new_pair(Node::new(parent, deadline, extra));
+    link(parent, &node);
+    if let Some(timer) = node.timer() {
+        // SAFETY: the node's last release revokes `timer.node`.
+        unsafe { timer.node.set(&node) };
+        // Invariant 5: a cancel that finishes the node from now on disarms
+        // the timer; one that came first is seen here.
+        if node.state.mark_dependent().is_none() {
+            timer.arm(&node);
+        }
+    }
+    (node, handle)
+}
+
+/// Links a new `node` into its link parent's child list, or makes it done
+/// at once if the link parent already is.
+fn link(parent: &Context, node: &NodeRef<Node>) {
+    let Some(anchor) = parent.repr.anchor() else {
+        return;
+    };
+    // Invariant 6: a merged link parent registers before a child attaches.
+    merge::join_second_parent(anchor);
+    let mut inner = lock(&anchor.inner);
+    // Invariant 5: flag, then link, under the link parent's lock.
+    match anchor.state.mark_dependent() {
+        // SAFETY: `node` is new, so in no child list; it stays live until
+        // it leaves this list, which it does under this lock before it is
+        // freed (invariants 2 and 4); this list is only used under this lock.
+        None => unsafe { inner.children.push_front(NodeRef::as_ptr(node)) },
+        Some(err) => {
+            drop(inner);
+            node.state.finish(err, anchor.state.given_cause());
+        }
+    }
+}
+
+/// Derives a value node below `parent`.
+pub(crate) fn derive_value<T: Send + Sync + 'static>(parent: &Context, value: T) -> Arc<ValueNode> {
+    Arc::new(ValueNode {
+        parent: parent.clone(),
+        anchor: parent.repr.anchor().cloned(),
+        type_name: std::any::type_name::<T>(),
+        value,
+    })
+}
+
+/// Derives a node that keeps `parent`'s values and none of its cancellation.
+pub(crate) fn derive_detached(parent: &Context) -> Arc<DetachedNode> {
+    Arc::new(DetachedNode {
+        parent: parent.clone(),
+    })
+}
+
+/// Races through the public API on real threads, small enough for Miri:
+/// a node's last handle going on one thread while another thread reaches
+/// the node (invariant 4), for every way of reaching it.
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::task::{Wake, Waker};
+    use std::thread;
+
+    use crate::{Context, Error};
+
+    fn rounds(full: usize) -> usize {
+        if cfg!(miri) {
+            4
+        } else {
+            full
+        }
+    }
+
+    /// Runs `a` and `b` on two threads released together.
+    fn race<A, B>(a: A, b: B)
+    where
+        A: FnOnce() + Send + 'static,
+        B: FnOnce() + Send + 'static,
+    {
+        let barrier = Arc::new(Barrier::new(2));
+        let other = barrier.clone();
+        let t = thread::spawn(move || {
+            other.wait();
+            a();
+        });
+        barrier.wait();
+        b();
+        t.join().unwrap();
+    }
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// Children's last handles dropped on one thread while their parent is
+    /// cancelled on another: the walk finds each child in the list (live,
+    /// or on its way out) while its last release waits for the parent's
+    /// lock.
+    #[test]
+    fn last_drops_race_parent_cancel() {
+        for _ in 0..rounds(300) {
+            let (parent, cancel) = Context::background().with_cancel();
+            let kids: Vec<_> = (0..3).map(|_| parent.with_cancel()).collect();
+            let grandchild = kids[0].0.with_cancel();
+            race(move || drop(kids), move || cancel.cancel());
+            assert_eq!(grandchild.0.err(), Some(Error::Canceled));
+            let (late, _c) = parent.with_cancel();
+            assert!(late.is_done());
+        }
+    }
+
+    /// A registered merged child's last handles dropped while its second
+    /// parent is cancelled: the walk finds it in the merged list.
+    #[test]
+    fn merged_last_drop_races_second_parent_cancel() {
+        for _ in 0..rounds(300) {
+            let (a, _ca) = Context::background().with_cancel();
+            let (b, cancel_b) = Context::background().with_cancel();
+            let merged: Vec<_> = (0..2).map(|_| a.merge(&b)).collect();
+            for (m, _) in &merged {
+                drop(m.with_cancel()); // registers on `b`
+            }
+            race(move || drop(merged), move || cancel_b.cancel());
+            assert!(!a.is_done());
+            let (late, _l) = a.merge(&b);
+            assert_eq!(late.err(), Some(Error::Canceled));
+        }
+    }
+
+    /// A `Done` that is its node's last handle, polled and dropped on one
+    /// thread while the parent is cancelled on another.
+    #[test]
+    fn done_as_last_handle_races_parent_cancel() {
+        for _ in 0..rounds(300) {
+            let (parent, cancel) = Context::background().with_cancel();
+            let (child, child_cancel) = parent.with_cancel();
+            let mut done = child.done();
+            drop((child, child_cancel));
+            race(
+                move || {
+                    let waker = Waker::from(Arc::new(NoWake));
+                    let mut cx = std::task::Context::from_waker(&waker);
+                    let _ = Pin::new(&mut done).poll(&mut cx);
+                    drop(done);
+                },
+                move || cancel.cancel(),
+            );
+            assert!(parent.is_done());
+        }
+    }
+
+    /// `stop()` on one thread while the node's last handle goes on another
+    /// (the callback's back-reference is revoked, or used, never dangling);
+    /// and `stop()` against a cancel.
+    #[test]
+    fn after_func_stop_races_last_drop_and_cancel() {
+        for _ in 0..rounds(300) {
+            let ran = Arc::new(AtomicUsize::new(0));
+            let (ctx, cancel) = Context::background().with_cancel();
+            let counter = ran.clone();
+            let handle = ctx.after_func(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            });
+            race(move || assert!(handle.stop()), move || drop((ctx, cancel)));
+            assert_eq!(ran.load(Ordering::SeqCst), 0);
+
+            let (ctx, cancel) = Context::background().with_cancel();
+            let counter = ran.clone();
+            let handle = ctx.after_func(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            });
+            let stopped = Arc::new(AtomicUsize::new(0));
+            let s = stopped.clone();
+            race(
+                move || {
+                    if handle.stop() {
+                        s.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+                move || {
+                    cancel.cancel();
+                    drop(ctx);
+                },
+            );
+            assert_eq!(
+                ran.load(Ordering::SeqCst) + stopped.load(Ordering::SeqCst),
+                1
+            );
+            ran.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Siblings and clones dropped on several threads at once: each leaves
+    /// the list exactly once and the list stays whole.
+    #[test]
+    fn siblings_and_clones_dropped_at_once() {
+        let threads = if cfg!(miri) { 3 } else { 4 };
+        for _ in 0..rounds(100) {
+            let (parent, cancel) = Context::background().with_cancel();
+            let shared = parent.with_cancel();
+            let barrier = Arc::new(Barrier::new(threads));
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let mine = parent.with_cancel();
+                    let clone = shared.clone();
+                    let b = barrier.clone();
+                    thread::spawn(move || {
+                        b.wait();
+                        drop(mine);
+                        drop(clone);
+                    })
+                })
+                .collect();
+            drop(shared);
+            for h in handles {
+                h.join().unwrap();
+            }
+            let (late, _l) = parent.with_cancel();
+            cancel.cancel();
+            assert!(late.is_done());
+        }
+    }
+
+    /// What a live `with_cancel` child costs on the heap: one `Node`. Its
+    /// rarely used parts (an own deadline's timer, a second parent,
+    /// callbacks, merged children) are out of line, behind one pointer
+    /// each. The bound is what this layout reaches; it may only go down.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_cancellable_node_stays_small() {
+        assert!(
+            std::mem::size_of::<super::Node>() <= 112,
+            "Node grew to {} bytes",
+            std::mem::size_of::<super::Node>()
+        );
+        assert_eq!(std::mem::size_of::<Context>(), 24);
+    }
+
+    /// A middle node cancelled on one thread while the root is cancelled on
+    /// another: when the root's `cancel()` returns, every leaf is done,
+    /// whichever walk reached the middle first (invariant 7).
+    #[test]
+    fn winning_cancel_returns_with_every_leaf_done() {
+        for _ in 0..rounds(300) {
+            let (root, cancel_root) = Context::background().with_cancel();
+            let (mid, cancel_mid) = root.with_value(1u8).with_cancel();
+            let leaves: Vec<_> = (0..3).map(|_| mid.with_cancel()).collect();
+            let check: Vec<_> = leaves.iter().map(|(l, _)| l.clone()).collect();
+            race(
+                move || cancel_mid.cancel(),
+                move || {
+                    cancel_root.cancel();
+                    for leaf in &check {
+                        assert!(leaf.is_done());
+                    }
+                },
+            );
+            drop(leaves);
+            assert!(root.is_done());
+        }
+    }
+}
