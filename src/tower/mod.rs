@@ -4,7 +4,7 @@
 //! hyper, axum and tonic are all built on tower's `Service` and `Layer`, so
 //! two layers cover them:
 //!
-//! * [`ServerLayer`] gives every incoming request a [`Context`]: a child of
+//! * [`ServerLayer`] gives every incoming request a [`Context`](crate::Context): a child of
 //!   a server-wide context you pass in (your shutdown context), with the
 //!   deadline of the request's `grpc-timeout` header (capped, or a default
 //!   when it has none). The handler finds it in the request's extensions.
@@ -13,7 +13,7 @@
 //!   has been sent. If it is done before the handler answers, the layer
 //!   answers by itself, as gRPC does: `grpc-status` 4 DEADLINE_EXCEEDED or
 //!   14 UNAVAILABLE for gRPC requests, 504 or 503 for plain HTTP.
-//! * [`ClientLayer`] makes an outgoing request obey the [`Context`] in its
+//! * [`ClientLayer`] makes an outgoing request obey the [`Context`](crate::Context) in its
 //!   extensions: it sends the time left as `grpc-timeout`, and abandons the
 //!   call with the context's [`Error`](crate::Error) as soon as the context
 //!   is done.

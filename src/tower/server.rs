@@ -23,11 +23,15 @@ use crate::wire::{decode_timeout, WireError};
 use crate::{Canceller, Cause, Context, Done, Error};
 
 /// How close to its deadline a request may be dropped and still be taken
-/// for the deadline's doing rather than the client's: a server that also
+/// for the deadline's doing rather than the client's. A server that also
 /// enforces `grpc-timeout` itself (tonic does, in a layer outside this one)
-/// or a client whose own deadline passed drops the request a hair before
-/// this layer's timer fires.
-const DEADLINE_SLACK: Duration = Duration::from_millis(10);
+/// drops the request a hair before this layer's timer fires. A client whose
+/// own deadline passed resets its call, and the reset can arrive before the
+/// server's deadline by as much as the request's time in transit exceeded
+/// the reset's: scheduling delays on a busy host, so a margin of tens of
+/// milliseconds. At worst, a client that truly went away this close to
+/// the deadline has its request run on until the deadline.
+const DEADLINE_SLACK: Duration = Duration::from_millis(25);
 
 /// `ServerLayer` gives every request a [`Context`] of its own, derived from
 /// a server-wide context: done when the request's `grpc-timeout` passes,
@@ -815,12 +819,13 @@ impl<B> fmt::Debug for ServerBody<B> {
 /// The layer only sees that its future or body was dropped, not why. A
 /// layer *outside* it that drops requests on its own (`tower`'s `Timeout`,
 /// a load shedder, tonic's `Server::timeout`) reads as a client that went
-/// away; set timeouts on the [`ServerLayer`] instead. A drop within a few
-/// milliseconds of the request's deadline is taken as the deadline's doing
-/// (tonic enforces `grpc-timeout` itself, in a layer outside this one, and
-/// a client whose deadline passed resets its stream): the context is then
-/// left to its deadline, which ends it in a moment with
-/// [`Error::DeadlineExceeded`].
+/// away; set timeouts on the [`ServerLayer`] instead. A drop less than
+/// 25 ms before the request's deadline, or after it, is taken as the
+/// deadline's doing (tonic enforces `grpc-timeout` itself, in a layer
+/// outside this one, and a client whose deadline passed resets its
+/// stream, a little before the server's deadline as the request took
+/// time to arrive): the context is then left to its deadline, which ends
+/// it within those 25 ms with [`Error::DeadlineExceeded`].
 ///
 /// # Examples
 ///
