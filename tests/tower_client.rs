@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
-use tower_common::{done, handler, seen, serve, Proto, ReqBody, PROMPTLY};
+use tower_common::{done, handler, seen, serve, within, Proto, ReqBody, PROMPTLY};
 
 type HyperClient = Client<HttpConnector, ReqBody>;
 
@@ -63,11 +63,14 @@ async fn call(
     client: &ClientService<HyperClient>,
     req: Request<ReqBody>,
 ) -> Result<Response<ClientBody<Incoming>>, BoxError> {
-    client.clone().oneshot(req).await
+    within(client.clone().oneshot(req)).await
 }
 
 async fn text(response: Response<ClientBody<Incoming>>) -> String {
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let bytes = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
@@ -205,6 +208,32 @@ async fn a_done_context_fails_without_sending() {
     assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
 }
 
+/// A done context fails before the inner service is even called: some
+/// services start their work in `call`, not in the future it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_context_never_calls_the_inner_service() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let inner = tower::service_fn(move |_req: Request<ReqBody>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
+    });
+    let client = ClientLayer::new().layer(inner);
+    let (ctx, cancel) = Context::background().with_cancel();
+    let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+
+    let response = within(client.clone().oneshot(request(addr, "/", Some(&ctx)))).await;
+    assert!(response.is_ok());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    cancel.cancel();
+    let err = within(client.oneshot(request(addr, "/", Some(&ctx))))
+        .await
+        .unwrap_err();
+    assert_eq!(context_error(&err), Some(Error::Canceled));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "not called again");
+}
+
 // ---------------------------------------------------------------------------
 // A context done mid-call abandons the call
 // ---------------------------------------------------------------------------
@@ -275,11 +304,11 @@ async fn a_streaming_body_stops_with_the_context(proto: Proto) {
         .unwrap();
     let server_ctx = contexts.next().await;
     let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap();
+    let first = within(body.frame()).await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "chunk ");
 
     cancel.cancel();
-    let err = body.frame().await.unwrap().unwrap_err();
+    let err = within(body.frame()).await.unwrap().unwrap_err();
     assert_eq!(context_error(&err), Some(Error::Canceled), "{err}");
     assert!(
         body.frame().await.is_none(),

@@ -12,8 +12,8 @@ use ctxtree::{Context, Error};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
 use tower_common::{
-    done, handler, header, micros_left, request, seen, serve, text, Conn, Proto, ServerName,
-    PROMPTLY,
+    done, handler, header, micros_left, request, seen, serve, text, within, Conn, Proto,
+    ServerName, PROMPTLY,
 };
 
 /// A server whose requests' contexts derive from `server_ctx`; returns its
@@ -205,7 +205,7 @@ async fn body_dropped_mid_stream_is_client_gone(proto: Proto) {
         .unwrap();
     let ctx = contexts.next().await;
     let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap();
+    let first = within(body.frame()).await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "chunk ");
     assert!(!ctx.is_done(), "the context lives while the body streams");
 
@@ -243,7 +243,7 @@ async fn complete_body_is_not_client_gone(proto: Proto, path: &str) {
         .await
         .unwrap();
     let ctx = contexts.next().await;
-    let collected = response.into_body().collect().await.unwrap();
+    let collected = within(response.into_body().collect()).await.unwrap();
     if path == "/trailers" && proto == Proto::Http2 {
         assert_eq!(collected.trailers().unwrap()["x-done"], "yes");
     }

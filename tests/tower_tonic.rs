@@ -134,9 +134,9 @@ where
         .map_err(|e| Status::unknown(e.into().to_string()))?;
     let path = PathAndQuery::from_static(method);
     let codec = ProstCodec::<BudgetRequest, BudgetReply>::default();
-    client
-        .unary(request, path, codec)
+    tokio::time::timeout(PROMPTLY, client.unary(request, path, codec))
         .await
+        .expect("the call ended in time")
         .map(tonic::Response::into_inner)
 }
 

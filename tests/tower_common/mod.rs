@@ -111,21 +111,23 @@ impl Conn {
 
     /// Sends `req` and returns the response future, which does not borrow
     /// the connection: spawn it, or drop it to abandon the request (on
-    /// HTTP/2 that resets the stream).
+    /// HTTP/2 that resets the stream). It panics if no response comes in
+    /// [`PROMPTLY`], so that a regression fails a test rather than hangs it.
     pub async fn send(
         &mut self,
         req: Request<ReqBody>,
     ) -> impl Future<Output = hyper::Result<Response<Incoming>>> + Send + 'static {
-        match &mut self.sender {
+        let response = match &mut self.sender {
             Sender::H1(sender) => {
-                sender.ready().await.unwrap();
+                within(sender.ready()).await.unwrap();
                 futures::future::Either::Left(sender.send_request(req))
             }
             Sender::H2(sender) => {
-                sender.ready().await.unwrap();
+                within(sender.ready()).await.unwrap();
                 futures::future::Either::Right(sender.send_request(req))
             }
-        }
+        };
+        within(response)
     }
 
     /// Closes the connection: the client hangs up.
@@ -157,7 +159,10 @@ pub fn request(
 
 /// The whole body of `response`, as text.
 pub async fn text(response: Response<Incoming>) -> String {
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let bytes = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
@@ -283,6 +288,13 @@ pub fn handler(
             Ok(Response::new(body))
         }
     })
+}
+
+/// Awaits `fut`, boundedly: a regression fails the test, never hangs it.
+pub async fn within<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(PROMPTLY, fut)
+        .await
+        .expect("finished in time")
 }
 
 /// Waits, boundedly, for `ctx` to be done.
