@@ -5,11 +5,12 @@
 //!
 //! * Call 1: the client calls A with a 300 ms deadline. A works one step,
 //!   then calls B under its own request's context: `ClientLayer` sends B
-//!   what is left of the client's budget as `grpc-timeout`, less a 20 ms
-//!   margin at each hop, so that each caller still has time to answer its
-//!   own caller. B works in steps and stops at the client's deadline (less
-//!   the margins), not at its own 10 s limit; its answer goes back up the
-//!   chain in time.
+//!   what is left of the client's budget as `grpc-timeout`. B works in
+//!   steps and stops at the client's deadline, not at its own 10 s limit.
+//!   Every hop stops then; which of the timers due at that instant a hop
+//!   notices first (its own context's, or tonic's enforcement of the same
+//!   `grpc-timeout` on either side of each call) varies from run to run,
+//!   so each hop prints why it stopped, and the checks look at when.
 //! * Call 2: the client calls A with a 10 s budget and hangs up after
 //!   250 ms. A's context is cancelled with a `ClientGone` cause; A's call to
 //!   B is abandoned with it, so B's context is cancelled the same way.
@@ -45,8 +46,6 @@ const LONG_BUDGET: Duration = Duration::from_secs(10);
 const HANG_UP_AFTER: Duration = Duration::from_millis(250);
 /// B's own limit: far more than any client here gives it.
 const B_LIMIT: Duration = Duration::from_secs(10);
-/// What each hop's `ClientLayer` keeps back from the budget it sends on.
-const MARGIN: Duration = Duration::from_millis(20);
 /// One step of work.
 const STEP: Duration = Duration::from_millis(50);
 /// Steps B would do with all the time in the world (5 s of work).
@@ -86,8 +85,8 @@ struct Stopped {
     /// For A: B's answer, if B failed.
     b_status: Option<tonic::Code>,
     client_gone: bool,
-    /// The client's deadline, measured as `at` is.
-    budget_at_start: Option<Duration>,
+    /// The hop's deadline, measured as `at` is; `None` for none.
+    deadline_at: Option<Duration>,
 }
 
 /// A gRPC client that obeys the context in each request's extensions.
@@ -159,7 +158,7 @@ impl Hop {
         let budget = ctx
             .deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
-        let budget_at_start = budget.map(|b| b + self.since_epoch());
+        let deadline_at = budget.map(|b| b + self.since_epoch());
         println!(
             "{:>8}  {}: call {call}: starts, budget left {}",
             ms(self.since_epoch()),
@@ -217,7 +216,7 @@ impl Hop {
             err,
             b_status: b_status.as_ref().map(Status::code),
             client_gone,
-            budget_at_start,
+            deadline_at,
         });
         match (err, b_status) {
             (Some(err), _) if err.is_timeout() => Err(Status::deadline_exceeded(err.to_string())),
@@ -242,12 +241,12 @@ async fn client(addr: SocketAddr) -> Result<Client> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
-    // The margin leaves the callee a little less than the caller has: time
-    // for the request to travel, and for the caller to answer its own
-    // caller once the callee gives up.
+    // `ClientLayer::new().margin(...)` would send a little less than is
+    // left. tonic's channel enforces the `grpc-timeout` it is given too, so
+    // with tonic a margin also shortens the caller's own wait.
     Ok(tonic::client::Grpc::new(
         ServiceBuilder::new()
-            .layer(ClientLayer::new().margin(MARGIN))
+            .layer(ClientLayer::new())
             .service(channel),
     ))
 }
@@ -358,32 +357,24 @@ async fn demo() -> Result<()> {
     }
     let (a1, b1) = reports(&mut reports_rx, 1).await?;
     println!("checks:");
-    check(answer.is_err(), "the client's call failed with the deadline")?;
+    // Never before the client's deadline (timers do not fire early; the
+    // time left is rounded down to the microsecond), and soon after it.
+    let at_the_deadline = |at: Duration| {
+        at + Duration::from_millis(1) >= CLIENT_DEADLINE && at < CLIENT_DEADLINE + PROMPTLY
+    };
+    check(answer.is_err(), "the client's call failed")?;
+    let b_deadline = b1.deadline_at.ok_or("B had no deadline")?;
     check(
-        b1.err == Some(Error::DeadlineExceeded),
-        "B stopped at its deadline",
-    )?;
-    // A stops when B's answer comes back (B's deadline is A's less the
-    // margin: DEADLINE_EXCEEDED from the layer, or CANCELLED "Timeout
-    // expired" from tonic's own timer), or at its own deadline if the
-    // machine is so busy that the answer takes longer than the margin.
-    check(
-        a1.err == Some(Error::DeadlineExceeded)
-            || matches!(
-                a1.b_status,
-                Some(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
-            ),
-        "A stopped at the deadline: B's answer to it, or its own",
-    )?;
-    let b_budget = b1.budget_at_start.ok_or("B had no deadline")?;
-    check(
-        b_budget <= CLIENT_DEADLINE + PROMPTLY && b_budget + PROMPTLY >= CLIENT_DEADLINE,
+        at_the_deadline(b_deadline),
         "B's deadline was the client's, not its own 10 s",
     )?;
     check(
-        b1.at + 2 * MARGIN + Duration::from_millis(10) >= CLIENT_DEADLINE
-            && b1.at < CLIENT_DEADLINE + PROMPTLY,
-        "B stopped at the client's deadline, less the margins",
+        b1.err.is_some() && at_the_deadline(b1.at),
+        "B was stopped by its context at the client's deadline",
+    )?;
+    check(
+        (a1.err.is_some() || a1.b_status.is_some()) && at_the_deadline(a1.at),
+        "A was stopped at the client's deadline",
     )?;
     check(
         b1.steps >= 1 && b1.steps < B_STEPS,

@@ -83,6 +83,9 @@ impl ClientLayer {
     /// larger than the time left sends the smallest value, `1n`, so the
     /// server fails the call at once.
     ///
+    /// A transport that enforces the `grpc-timeout` it sends, as tonic's
+    /// channel does, then gives up that much before the context's deadline.
+    ///
     /// # Examples
     ///
     /// ```

@@ -146,7 +146,11 @@
 //! * a call abandoned by [`ClientLayer`] reaches the caller as a
 //!   `tonic::Status` with code UNKNOWN, whose message is the context's
 //!   error (`context deadline exceeded`, `context canceled`); the caller's
-//!   own `ctx.err()` says which.
+//!   own `ctx.err()` says which;
+//! * tonic's channel enforces the `grpc-timeout` that [`ClientLayer`] sets
+//!   as well, so a call still running at its context's deadline may end
+//!   with tonic's CANCELLED ("Timeout expired") instead, and a
+//!   [margin](ClientLayer::margin) also shortens the caller's own wait.
 //!
 //! # Errors
 //!
