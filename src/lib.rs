@@ -104,6 +104,19 @@
 //! [`wire`] carries deadlines across processes, and [`stream::until_done`]
 //! ends a stream with its context.
 //!
+//! # Servers and clients: the `tower` feature
+//!
+//! With the `tower` feature (off by default), `ctxtree::tower` gives each
+//! request of a tower, hyper, axum or tonic server a context of its own,
+//! with the client's `grpc-timeout` as its deadline, cancelled when the
+//! client goes away or the server shuts down; and its client layer sends a
+//! context's time left with each outgoing request and abandons the call
+//! when the context is done:
+//!
+//! ```toml
+//! ctxtree = { version = "0.1", features = ["tower"] }
+//! ```
+//!
 //! # Rules of use
 //!
 //! As in Go: pass a `Context` explicitly to the functions that need it; do
@@ -111,6 +124,7 @@
 //! work is over (a [`CancelGuard`] makes that automatic). Unlike Go, a
 //! forgotten cancel leaks nothing: a child that nothing can observe any more
 //! leaves its parent at once.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -123,6 +137,9 @@ mod error;
 mod group;
 pub mod stream;
 mod sync;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 mod tree;
 pub mod wire;
 
