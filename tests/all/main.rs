@@ -4,8 +4,8 @@
 //! The binaries that must own their process stay apart: those that install
 //! a counting `#[global_allocator]` (`alloc_audit`, `leak`, `merge_leak`,
 //! `roots`, `stress`, `timer_leak`), the loom models (`loom`, built only
-//! under `--cfg loom`), and `cancel_guarantee`, which Miri and
-//! ThreadSanitizer run on its own.
+//! under `--cfg loom`), `cancel_guarantee`, which Miri and ThreadSanitizer
+//! run on its own, and the `tower` feature's tests (`tower_*`).
 //!
 //! Run one area with a filter on its module path, e.g.
 //! `cargo test --test all model::`.
