@@ -376,7 +376,11 @@ pub(crate) fn derive_cancel(
         .map_or(parent_deadline, |(when, _)| Some(*when));
     let extra = own.map(|(when, cause)| {
         Box::new(Extra {
-            timer: Some(Arc::new(DeadlineTimer::new(when, cause))),
+            timer: Some(Arc::new(DeadlineTimer::new(
+                when,
+                Error::DeadlineExceeded,
+                cause,
+            ))),
             merge: None,
         })
     });
