@@ -60,7 +60,8 @@
 //!
 //! Locks: one per cancellable node (`inner`, guarding its child list,
 //! merged list and callbacks), and leaf locks (a `Backref`'s, a timer's
-//! slot, a callback's closure) under which nothing else is locked.
+//! slot, a grace's timer slot, a callback's closure) under which nothing
+//! else is locked.
 //!
 //! * At most one node lock is held at a time. Everything that takes two
 //!   (a last release leaving its link parent and then its second parent; a
