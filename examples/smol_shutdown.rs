@@ -1,25 +1,33 @@
-//! Graceful shutdown of a smol app on Ctrl-C: one root context, cancelled
-//! with a cause when SIGINT arrives, and workers that drain.
+//! Two-phase shutdown of a smol app on Ctrl-C: a soft signal that stops
+//! new work, and a hard one, a grace period later, that cuts off the work
+//! still in flight.
 //!
 //! ```text
 //! shutdown   (Context::background().with_cancel(); cancelled on SIGINT,
-//! │           with the cause "shutdown: SIGINT")
-//! ├─ worker resize      units of 130ms
-//! ├─ worker thumbnail   units of 270ms
-//! ├─ worker upload      units of 450ms
-//! └─ worker index       units of 700ms
+//! │           with the cause "shutdown: SIGINT": the soft signal)
+//! └─ hard    (shutdown.with_grace(1s): done 1 s after it, with its error
+//!             and cause: the hard signal)
+//!
+//! worker resize      units of 130ms
+//! worker thumbnail   units of 270ms
+//! worker upload      units of 450ms
+//! worker index       units of 5s
 //! ```
 //!
-//! Each worker is a smol task that does one unit of work after another. It
-//! races the unit against `ctx.done()` with `futures::select!`, but does not
-//! drop the unit when the context wins: it *drains*, finishing the unit it
-//! is in, and then stops; it never starts a new unit once the context is
-//! done. The signal comes from the `async-signal` crate, whose `Signals` is a
-//! `Stream` of signals that works on any executor. When every worker has
-//! stopped, the program prints how many units each one completed, how long
-//! its drain took, and why it stopped (`err` and `cause`).
+//! Each worker is a smol task that does one unit of work after another.
+//! It looks at `shutdown` only between units: once it is done, the worker
+//! takes no new unit. The unit itself runs under `hard` (`hard.run(unit)`),
+//! so a unit in flight when the shutdown begins may finish within the grace
+//! period, and is dropped when the grace runs out. The signal comes from the
+//! `async-signal` crate, whose `Signals` is a `Stream` of signals that works
+//! on any executor. When every worker has stopped, the program prints how
+//! many units each one completed, whether its last unit finished or was cut
+//! off and how long after the soft signal, and why it stopped (`err` and
+//! `cause`).
 //!
-//! A second Ctrl-C during the drain exits at once, with status 130.
+//! A second Ctrl-C during the grace period cuts it short: it cancels `hard`
+//! through its own `Canceller`, and every unit still in flight is dropped
+//! at once.
 //!
 //! Run it and press Ctrl-C:
 //!
@@ -28,7 +36,9 @@
 //! ```
 //!
 //! or let a timer stand in for the signal after 2 s (as CI does); Ctrl-C
-//! still works then:
+//! still works then. With the timer, `index` is 2 s into a 5 s unit when the
+//! shutdown begins, so the hard signal cuts it off, while `resize`'s unit
+//! finishes well within the grace; the program checks both:
 //!
 //! ```text
 //! cargo run --example smol_shutdown -- --demo
@@ -51,8 +61,11 @@ const WORKERS: [(&str, Duration); 4] = [
     ("resize", Duration::from_millis(130)),
     ("thumbnail", Duration::from_millis(270)),
     ("upload", Duration::from_millis(450)),
-    ("index", Duration::from_millis(700)),
+    ("index", Duration::from_secs(5)),
 ];
+
+/// How long the work in flight may go on after the soft signal.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// With `--demo`, the timer that stands in for Ctrl-C.
 const DEMO_SIGNAL_AFTER: Duration = Duration::from_secs(2);
@@ -65,56 +78,45 @@ const WATCHDOG: Duration = Duration::from_secs(15);
 struct Report {
     name: &'static str,
     unit: Duration,
-    /// Units of work completed, the drained one included.
+    /// Units of work completed.
     units: u32,
-    /// How long the worker spent finishing its unit after the shutdown
-    /// began; `None` if it was between units then.
-    drain: Option<Duration>,
-    err: Error,
-    cause: Cause,
+    /// `Some` if the hard signal cut off the unit in flight.
+    cut_off: Option<Error>,
+    /// When the worker stopped.
+    stopped: Instant,
 }
 
-/// One worker: a unit of work after another until `ctx` is done. A unit in
-/// progress when the shutdown begins is finished, not dropped.
-async fn worker(ctx: Context, name: &'static str, unit: Duration) -> Report {
+/// One worker: a unit of work after another until `shutdown` is done, each
+/// unit under `hard`, which drops it if the grace runs out first.
+async fn worker(shutdown: Context, hard: Context, name: &'static str, unit: Duration) -> Report {
     let mut units = 0;
-    let drain = loop {
-        // Never start a unit once the shutdown has begun.
-        if ctx.is_done() {
-            break None;
-        }
-        // One unit of work; a real worker would process a job here.
-        let work = sleep(unit).fuse();
-        futures::pin_mut!(work);
-        select! {
-            _ = work => units += 1,
-            err = ctx.done() => {
-                // The shutdown began mid-unit: drain, that is, finish this
-                // unit (the `select!` only borrowed it), then stop.
-                let began = Instant::now();
-                println!("{name:>9}: {err} mid-unit, finishing it");
-                work.await;
-                units += 1;
-                break Some(began.elapsed());
+    let mut cut_off = None;
+    // Never start a unit once the shutdown has begun.
+    while !shutdown.is_done() {
+        // One unit of work; a real worker would process a job here, and
+        // pass `hard` down to whatever it calls.
+        match hard.run(sleep(unit)).await {
+            Ok(()) => units += 1,
+            Err(err) => {
+                println!("{name:>9}: {err} (hard signal): unit dropped");
+                cut_off = Some(err);
+                break;
             }
         }
-    };
+    }
     Report {
         name,
         unit,
         units,
-        drain,
-        err: ctx
-            .err()
-            .expect("the worker stops only once the context is done"),
-        cause: ctx.cause().expect("a done context has a cause"),
+        cut_off,
+        stopped: Instant::now(),
     }
 }
 
 /// Cancels the root context at the first SIGINT (or, with `demo`, when the
-/// demo timer fires), with a cause that says which. Then it keeps watching:
-/// a second Ctrl-C exits at once, without waiting for the drain.
-async fn watch_signals(mut signals: Signals, shutdown: Canceller, demo: bool) {
+/// demo timer fires), with a cause that says which: the soft signal. A
+/// second Ctrl-C cancels `hard` at once: the grace is cut short.
+async fn watch_signals(mut signals: Signals, shutdown: Canceller, hard: Canceller, demo: bool) {
     let demo_timer = async {
         if demo {
             sleep(DEMO_SIGNAL_AFTER).await
@@ -131,22 +133,23 @@ async fn watch_signals(mut signals: Signals, shutdown: Canceller, demo: bool) {
         },
         _ = demo_timer.fuse() => "shutdown: demo timer".to_string(),
     };
-    println!("\n{cause}; draining (Ctrl-C again to exit at once)");
+    println!("\n{cause}: no new work; work in flight has {GRACE:?} (Ctrl-C again to cut it short)");
     shutdown.cancel_with_cause(Arc::new(io::Error::other(cause)));
 
     if let Some(Ok(_)) = signals.next().await {
-        eprintln!("second Ctrl-C: exiting without waiting for the drain");
-        std::process::exit(130);
+        println!("second Ctrl-C: cutting the grace short");
+        hard.cancel_with_cause(Arc::new(io::Error::other("shutdown: second SIGINT")));
     }
 }
 
 async fn run(demo: bool) -> io::Result<()> {
     let (root, shutdown) = Context::background().with_cancel();
+    let (hard, cut_short) = root.with_grace(GRACE);
     spawn_watchdog(demo, root.clone());
 
     // Registering SIGINT replaces its default action (ending the process).
     let signals = Signals::new([Signal::Int])?;
-    let watcher = smol::spawn(watch_signals(signals, shutdown, demo));
+    let watcher = smol::spawn(watch_signals(signals, shutdown, cut_short, demo));
     if demo {
         println!("demo: a timer stands in for Ctrl-C after {DEMO_SIGNAL_AFTER:?}");
     } else {
@@ -163,55 +166,104 @@ async fn run(demo: bool) -> io::Result<()> {
 
     let tasks: Vec<_> = WORKERS
         .iter()
-        .map(|&(name, unit)| smol::spawn(worker(root.clone(), name, unit)))
+        .map(|&(name, unit)| smol::spawn(worker(root.clone(), hard.clone(), name, unit)))
         .collect();
     let mut reports = Vec::new();
     for task in tasks {
         reports.push(task.await);
     }
-    let stopped = Instant::now();
     // Dropping a smol task cancels it: stop watching for a second Ctrl-C.
     // That does not bring back SIGINT's default action (the signal registry
     // cannot): from here on Ctrl-C is ignored, as the program is exiting.
     drop(watcher);
-
-    println!();
-    println!("root: {root:?}");
-    for r in &reports {
-        let drain = match r.drain {
-            Some(d) => format!("drained its unit in {:>3} ms", d.as_millis()),
-            None => "was between units".to_string(),
-        };
-        println!(
-            "{:>9}: {:>2} units of {:>3} ms; {drain}; err: {}; cause: {}",
-            r.name,
-            r.units,
-            r.unit.as_millis(),
-            r.err,
-            r.cause,
-        );
-    }
     // Block on the channel: the callback runs after the cancel has woken
     // the workers, so they can all be done before it has.
     let began = began
         .recv()
         .map_err(|_| io::Error::other("the shutdown note was never sent"))?;
+
+    println!();
+    println!("soft: {root:?}");
+    println!("hard: {hard:?}");
+    for r in &reports {
+        let after = r.stopped.saturating_duration_since(began).as_millis();
+        let end = match r.cut_off {
+            Some(_) => format!("its last unit was cut off {after:>4} ms after the soft signal"),
+            None => format!("stopped {after:>4} ms after the soft signal"),
+        };
+        println!(
+            "{:>9}: {:>2} units of {:>4} ms; {end}",
+            r.name,
+            r.units,
+            r.unit.as_millis(),
+        );
+    }
+    let last = reports.iter().map(|r| r.stopped).max().unwrap_or(began);
     println!(
         "shutdown began {} ms after the start; the last worker stopped {} ms later",
         (began - started).as_millis(),
-        (stopped - began).as_millis(),
+        last.saturating_duration_since(began).as_millis(),
     );
+    println!("soft signal: {}", describe(root.err(), root.cause()));
+    println!("hard signal: {}", describe(hard.err(), hard.cause()));
 
-    // Check what the printout says, so that a regression fails the run.
-    for r in &reports {
-        if r.err != Error::Canceled || !r.cause.to_string().starts_with("shutdown: ") {
-            return Err(io::Error::other(format!(
-                "{} stopped with {} / {}",
-                r.name, r.err, r.cause
-            )));
+    check(&root, &hard, &reports, began, demo)
+}
+
+/// Checks what the printout says, so that a regression fails the run.
+fn check(
+    root: &Context,
+    hard: &Context,
+    reports: &[Report],
+    began: Instant,
+    demo: bool,
+) -> io::Result<()> {
+    let fail = |what: String| Err(io::Error::other(what));
+    let soft_cause = root.cause().map(|c| c.to_string()).unwrap_or_default();
+    if root.err() != Some(Error::Canceled) || !soft_cause.starts_with("shutdown: ") {
+        return fail(format!(
+            "the root ended with {:?} / {soft_cause}",
+            root.err()
+        ));
+    }
+    for r in reports {
+        if let Some(err) = r.cut_off {
+            // The hard signal has the soft one's reason (or the second
+            // Ctrl-C's), and never comes before the grace has run out,
+            // unless a second Ctrl-C cut it short.
+            let hard_cause = hard.cause().map(|c| c.to_string()).unwrap_or_default();
+            if err != Error::Canceled || !hard_cause.starts_with("shutdown: ") {
+                return fail(format!("{} was cut off with {err} / {hard_cause}", r.name));
+            }
+            let cut_short = hard_cause == "shutdown: second SIGINT";
+            if !cut_short && r.stopped.duration_since(began) < GRACE {
+                return fail(format!("{} was cut off before the grace ran out", r.name));
+            }
+        }
+    }
+    if demo {
+        // Timed by the demo's timer: `index` is mid-unit with 3 s to go,
+        // `resize` at most 130 ms from the end of its unit.
+        let by_name = |name| reports.iter().find(|r| r.name == name);
+        if by_name("index").and_then(|r| r.cut_off).is_none() {
+            return fail("index was not cut off by the hard signal".to_string());
+        }
+        if by_name("resize").and_then(|r| r.cut_off).is_some() {
+            return fail("resize did not finish its unit within the grace".to_string());
+        }
+        if hard.err().is_none() {
+            return fail("the hard signal never came".to_string());
         }
     }
     Ok(())
+}
+
+fn describe(err: Option<Error>, cause: Option<Cause>) -> String {
+    match (err, cause) {
+        (Some(err), Some(cause)) => format!("{err}, cause: {cause}"),
+        (Some(err), None) => err.to_string(),
+        (None, _) => "not done (every unit finished in time)".to_string(),
+    }
 }
 
 /// Sleeps for `d`. (A smol `Timer` is both a `Future` and a `Stream`, so

@@ -39,7 +39,9 @@ impl Canceller {
     ///
     /// * A `cancel` that makes the context done returns only once every
     ///   descendant is done (those below
-    ///   [`without_cancel`](crate::Context::without_cancel) excepted), and
+    ///   [`without_cancel`](crate::Context::without_cancel) excepted, and
+    ///   those of [`with_grace`](crate::Context::with_grace), whose grace
+    ///   only starts then), and
     ///   once the waiters and callbacks of the nodes it finished have been
     ///   woken and run. This holds even while other threads cancel parts of
     ///   the subtree at the same moment: where another thread's walk got to

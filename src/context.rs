@@ -9,7 +9,9 @@ use crate::after_func::AfterFunc;
 use crate::canceller::Canceller;
 use crate::done::{Done, Run};
 use crate::error::{Cause, Error};
-use crate::tree::{derive_cancel, derive_detached, derive_merged, derive_value, Kind, Repr};
+use crate::tree::{
+    derive_cancel, derive_detached, derive_grace, derive_merged, derive_value, Kind, Repr,
+};
 
 /// A node in a cancellation tree: it is done when cancelled, when its
 /// deadline passes, or when its parent is done, and it carries values.
@@ -317,6 +319,123 @@ impl Context {
         )
     }
 
+    /// `with_grace` derives a child that is done `grace` *after* `self` is
+    /// done, rather than with it (or at once by the returned [`Canceller`]):
+    /// two-phase shutdown. `self` being done is the soft signal (stop taking
+    /// new work); the child, handed to the work already in flight, is the
+    /// hard one, which comes when the grace runs out.
+    ///
+    /// The child is done with `self`'s [`Error`] and `self`'s cause (the
+    /// [`Error`] itself if no cause was given), unless its own `Canceller`
+    /// came first: the first reason wins, as always. Its values are
+    /// `self`'s. Its [`deadline`](Context::deadline) is `self`'s plus
+    /// `grace` (none if that overflows), the latest the hard stop can come.
+    /// Contexts derived from it are its children as usual: its `Canceller`
+    /// cancels them with it.
+    ///
+    /// * While `self` is live, so is the child. When `self` becomes done, an
+    ///   `async-io` timer (as for [`with_deadline`](Context::with_deadline))
+    ///   is armed for `now + grace`, and cancels the child when it fires,
+    ///   whether or not anyone polls. Unlike other children, the child is not
+    ///   done when `self`'s `cancel()` returns.
+    /// * If `self` is already done, the grace starts now.
+    /// * With `Duration::ZERO`, the child is done as soon as `self` is: by
+    ///   the time the `cancel()` that made `self` done returns (it is done
+    ///   on that thread, just after `self`'s own waiters are woken), or at
+    ///   once if `self` already is.
+    /// * If `now + grace` overflows (`Duration::MAX`), the grace never runs
+    ///   out: the child ends only by its own `Canceller`, if at all.
+    /// * If `self` can never be done (a root, or below
+    ///   [`without_cancel`](Context::without_cancel)), nothing is registered
+    ///   anywhere: the child is a [`with_cancel`](Context::with_cancel) of
+    ///   a root that keeps `self`'s values.
+    ///
+    /// `self` does not keep the child alive: when every handle of the child
+    /// is gone, what it registered on `self` is removed at once and a
+    /// running grace timer is disarmed, so a long-lived context with many
+    /// short-lived grace children holds memory for the live ones only.
+    ///
+    /// Go has no such call; it is built there from `WithoutCancel` and
+    /// `AfterFunc`.
+    ///
+    /// # Precision
+    ///
+    /// As for `with_deadline`: the child may become done a little after
+    /// the grace runs out, never before.
+    ///
+    /// # Examples
+    ///
+    /// A server stops taking new work on the soft signal, and the work in
+    /// flight gets the hard one 200 ms later: a request that finishes in
+    /// time completes, one that does not is cut off.
+    ///
+    /// ```
+    /// use std::thread;
+    /// use std::time::Duration;
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (server, shutdown) = Context::background().with_cancel();
+    /// let (in_flight, _cancel) = server.with_grace(Duration::from_millis(200));
+    ///
+    /// // A request handler: `steps` steps of 5 ms, cut off by the hard signal.
+    /// let handle = |ctx: Context, steps: u32| {
+    ///     thread::spawn(move || {
+    ///         for step in 0..steps {
+    ///             if let Some(err) = ctx.wait_timeout(Duration::from_millis(5)) {
+    ///                 return Err((step, err));
+    ///             }
+    ///         }
+    ///         Ok(steps)
+    ///     })
+    /// };
+    /// let quick = handle(in_flight.clone(), 4);
+    /// let slow = handle(in_flight.clone(), u32::MAX);
+    ///
+    /// // The soft signal: the accept loop, which watches `server`, stops.
+    /// shutdown.cancel();
+    /// assert!(server.is_done());
+    ///
+    /// assert_eq!(quick.join().unwrap(), Ok(4));
+    /// let (_steps, err) = slow.join().unwrap().unwrap_err();
+    /// assert_eq!(err, Error::Canceled);
+    /// assert_eq!(in_flight.err(), Some(Error::Canceled));
+    /// assert_eq!(in_flight.to_string(), "context.Background.WithCancel.WithGrace(200ms)");
+    /// ```
+    ///
+    /// The parent's reason carries over, and so does a deadline:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use ctxtree::{Context, Error};
+    ///
+    /// let (request, _c) = Context::background().with_timeout(Duration::from_millis(10));
+    /// let (cleanup, _c) = request.with_grace(Duration::from_millis(10));
+    /// assert_eq!(cleanup.deadline(), request.deadline().map(|d| d + Duration::from_millis(10)));
+    /// assert_eq!(cleanup.wait(), Error::DeadlineExceeded);
+    /// assert!(request.is_done());
+    ///
+    /// let (parent, cancel) = Context::background().with_cancel();
+    /// let (now, _c) = parent.with_grace(Duration::ZERO);
+    /// cancel.cancel_with_cause(Arc::new(std::io::Error::other("going down")));
+    /// assert_eq!(now.cause().unwrap().to_string(), "going down");
+    /// ```
+    #[doc(alias = "graceful_shutdown")]
+    #[doc(alias = "soft_cancel")]
+    #[doc(alias = "two_phase_shutdown")]
+    #[doc(alias = "drain")]
+    #[doc(alias = "WithoutCancel")]
+    #[doc(alias = "AfterFunc")]
+    pub fn with_grace(&self, grace: Duration) -> (Context, Canceller) {
+        let (node, handle) = derive_grace(self, grace);
+        (
+            Context {
+                repr: Repr::Cancel(node),
+            },
+            Canceller::new(handle),
+        )
+    }
+
     /// `done` returns a new future that resolves with [`err`](Context::err)
     /// once this context is done; at once if it already is. It never resolves
     /// for a context that cannot be cancelled.
@@ -592,6 +711,7 @@ impl fmt::Display for Context {
                 Repr::Cancel(node) => match node.kind() {
                     Kind::Cancel => f.write_str(".WithCancel")?,
                     Kind::Deadline(when) => write_deadline(f, when)?,
+                    Kind::Grace(period) => write!(f, ".WithGrace({period:?})")?,
                     Kind::Merge(other) => {
                         f.write_str(".Merge(")?;
                         todo.push(Step::Close);

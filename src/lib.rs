@@ -12,7 +12,9 @@
 //! * its deadline passes ([`Context::with_deadline`], [`Context::with_timeout`]);
 //!   an `async-io` timer enforces it, so it fires even if nobody polls;
 //! * its parent becomes done: cancellation flows down the whole subtree,
-//!   never up, and reaches every descendant before `cancel()` returns.
+//!   never up, and reaches every descendant before `cancel()` returns;
+//! * or, for a context derived with [`Context::with_grace`], a grace period
+//!   has passed since its parent became done.
 //!
 //! Once done, [`err`](Context::err) says why ([`Error::Canceled`] or
 //! [`Error::DeadlineExceeded`]) and [`cause`](Context::cause) can carry your
@@ -63,7 +65,7 @@
 //! [`Context::run`] does that race for you, and a plain thread can block with
 //! [`Context::wait`] or [`Context::wait_timeout`].
 //!
-//! # Beyond Go: merged contexts and error groups
+//! # Beyond Go: merged contexts, grace periods and error groups
 //!
 //! [`Context::merge`] derives a context that is done when either of two
 //! parents is (Go declined `context.Merge`; C# calls it a linked token):
@@ -76,6 +78,24 @@
 //! let (work, _w) = request.merge(&shutdown);
 //! stop_server.cancel();
 //! assert_eq!(work.err(), Some(Error::Canceled));
+//! ```
+//!
+//! [`Context::with_grace`] derives a context that is done a grace period
+//! *after* its parent is: two-phase shutdown, in which the parent is the
+//! soft signal (stop taking new work) and the grace child, handed to the
+//! work in flight, the hard one:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use ctxtree::{Context, Error};
+//!
+//! let (server, shutdown) = Context::background().with_cancel();
+//! let (in_flight, _c) = server.with_grace(Duration::from_millis(20));
+//! let soft = Instant::now();
+//! shutdown.cancel();
+//! assert!(server.is_done());
+//! assert_eq!(in_flight.wait(), Error::Canceled);
+//! assert!(soft.elapsed() >= Duration::from_millis(20));
 //! ```
 //!
 //! [`Group`] is Go's `errgroup` without an executor: its tasks run inside

@@ -13,6 +13,7 @@
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ctxtree::{Cause, Context, Error};
 use loom::thread;
@@ -337,6 +338,89 @@ fn done_as_last_handle_woken_by_parent_cancel() {
         assert_eq!(waiter.join().unwrap(), Error::Canceled);
         assert_eq!(freed.load(Ordering::SeqCst), 1);
         assert!(parent.is_done());
+    });
+}
+
+/// A grace child (zero grace) whose last handles go on one thread while its
+/// parent is cancelled on another: the parent's walk takes the child's
+/// callback and runs it after the walk, reaching the child through its
+/// back-reference, while the child's last release takes the callback off
+/// the parent's list and revokes that back-reference. The callback finds
+/// the child (and cancels it) or does not, and the child is freed once,
+/// on whichever thread held it last.
+#[test]
+fn grace_last_drop_races_parent_cancel() {
+    model("grace_last_drop_races_parent_cancel", || {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, own) = parent
+            .with_value(FreeCount(freed.clone()))
+            .with_grace(Duration::ZERO);
+        let dropper = thread::spawn(move || drop((child, own)));
+        let canceller = thread::spawn(move || cancel.cancel());
+        dropper.join().unwrap();
+        canceller.join().unwrap();
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
+        assert!(parent.is_done());
+        let (late, _l) = parent.with_grace(Duration::ZERO);
+        assert!(late.is_done());
+    });
+}
+
+/// A zero-grace child cancelled by its own canceller on one thread while
+/// its parent is cancelled on another, with different causes: exactly one
+/// wins, and the child's own child reports the same one.
+#[test]
+fn grace_own_cancel_races_parent_cancel() {
+    model("grace_own_cancel_races_parent_cancel", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, own) = parent.with_grace(Duration::ZERO);
+        let (grandchild, _g) = child.with_cancel();
+        let a = thread::spawn(move || own.cancel_with_cause(cause("own")));
+        let b = thread::spawn(move || cancel.cancel_with_cause(cause("parent")));
+        a.join().unwrap();
+        b.join().unwrap();
+        let won = child.cause().unwrap().to_string();
+        assert!(won == "own" || won == "parent");
+        assert_eq!(grandchild.cause().unwrap().to_string(), won);
+    });
+}
+
+/// A grace with an end (an hour; loom's stand-in timer never fires it):
+/// the parent's cancel starts it on one thread, arming the child's timer
+/// (flag, then store it, then register it), while the child's own cancel
+/// runs on another and disarms whatever it finds. The child keeps its own
+/// reason, whichever came first.
+#[test]
+fn grace_timer_armed_races_own_cancel() {
+    model("grace_timer_armed_races_own_cancel", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, own) = parent.with_grace(Duration::from_secs(3600));
+        let ender = thread::spawn(move || own.cancel_with_cause(cause("own")));
+        let canceller = thread::spawn(move || cancel.cancel());
+        ender.join().unwrap();
+        canceller.join().unwrap();
+        assert_eq!(child.cause().unwrap().to_string(), "own");
+    });
+}
+
+/// As above, but the child's last handles go instead: its last release
+/// revokes and disarms the timer the other thread is arming (or takes the
+/// callback off the list first, or makes the callback find it gone). The
+/// child is freed once, on either thread.
+#[test]
+fn grace_timer_armed_races_last_drop() {
+    model("grace_timer_armed_races_last_drop", || {
+        let freed = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let pair = parent
+            .with_value(FreeCount(freed.clone()))
+            .with_grace(Duration::from_secs(3600));
+        let dropper = thread::spawn(move || drop(pair));
+        let canceller = thread::spawn(move || cancel.cancel());
+        dropper.join().unwrap();
+        canceller.join().unwrap();
+        assert_eq!(freed.load(Ordering::SeqCst), 1);
     });
 }
 

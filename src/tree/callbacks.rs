@@ -1,6 +1,6 @@
 //! `after_func` callbacks: one slot per callback, shared by the node that
 //! will run it and the handle that can stop it; and what a node keeps of
-//! them.
+//! them. A grace node's callback (`grace.rs`) sits in the same list.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -11,9 +11,10 @@ use super::node_ref::{Backref, NodeRef};
 use super::Node;
 use crate::sync::{lock, AtomicU8, AtomicUsize, Mutex, Ordering};
 
-const PENDING: u8 = 0;
-const STARTED: u8 = 1;
-const STOPPED: u8 = 2;
+/// A callback's life: it runs or is stopped, whichever comes first, once.
+pub(super) const PENDING: u8 = 0;
+pub(super) const STARTED: u8 = 1;
+pub(super) const STOPPED: u8 = 2;
 
 /// What a node knows of a registered callback.
 pub(crate) trait Callback: Send + Sync {
@@ -143,7 +144,7 @@ pub(crate) fn register_callback<F: FnOnce() + Send + 'static>(
 }
 
 /// Puts `callback` in `node`'s list, or gives it back if the node is done.
-fn add(node: &NodeRef<Node>, callback: Arc<dyn Callback>) -> Option<Arc<dyn Callback>> {
+pub(super) fn add(node: &NodeRef<Node>, callback: Arc<dyn Callback>) -> Option<Arc<dyn Callback>> {
     // Invariant 6: a merged node registers before anything attaches.
     merge::join_second_parent(node);
     let mut inner = lock(&node.inner);
@@ -170,7 +171,7 @@ pub(crate) fn stop_callback(callback: &Arc<dyn Callback>) -> bool {
     let stopped = callback.stop();
     if stopped {
         if let Some(node) = callback.node().acquire() {
-            remove(&node, callback);
+            remove(&node, &**callback);
         }
         // `node`, dropped here, may have been the last handle: no lock held.
     }
@@ -178,9 +179,9 @@ pub(crate) fn stop_callback(callback: &Arc<dyn Callback>) -> bool {
 }
 
 /// Removes `callback` from `node`'s list if it is still there, in O(1).
-fn remove(node: &Node, callback: &Arc<dyn Callback>) {
+pub(super) fn remove(node: &Node, callback: &dyn Callback) {
     let same = |c: &Arc<dyn Callback>| {
-        NonNull::from(&**c).cast::<()>() == NonNull::from(&**callback).cast::<()>()
+        NonNull::from(&**c).cast::<()>() == NonNull::from(callback).cast::<()>()
     };
     let removed = {
         let mut inner = lock(&node.inner);

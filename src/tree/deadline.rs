@@ -1,5 +1,6 @@
-//! Deadlines: the `async-io` timer that cancels a node when its own
-//! deadline passes, whether or not anyone polls.
+//! Timers: the `async-io` timer that cancels a node at an instant, whether
+//! or not anyone polls: a deadline node's own deadline, and the end of a
+//! grace period (`grace.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,30 +13,37 @@ use super::{walk, Node};
 use crate::error::{Cause, Error};
 use crate::sync::{lock, Mutex, Timer};
 
-/// A deadline, and the timer that enforces it. It is its own waker, so the
-/// reactor cancels the node with nobody polling; it reaches the node
-/// through a back-reference that the node revokes when its last handle
-/// goes, so a pending timer never keeps a dropped node alive.
+/// An instant, the reason to cancel a node with when it passes, and the
+/// timer that does it: [`Error::DeadlineExceeded`] and the deadline's cause
+/// for a deadline node, the parent's reason for a grace period. It is its
+/// own waker, so the reactor cancels the node with nobody polling; it
+/// reaches the node through a back-reference that the node revokes when its
+/// last handle goes, so a pending timer never keeps a dropped node alive.
 pub(crate) struct DeadlineTimer {
     pub(super) node: Backref<Node>,
     pub(crate) when: Instant,
+    err: Error,
     cause: Option<Cause>,
     timer: Mutex<Option<Timer>>,
 }
 
 impl DeadlineTimer {
-    /// Not pointing at its node yet, not armed.
-    pub(super) fn new(when: Instant, cause: Option<Cause>) -> DeadlineTimer {
+    /// Not pointing at its node yet, not armed; when `when` passes it
+    /// cancels the node with `err` and `cause`.
+    pub(super) fn new(when: Instant, err: Error, cause: Option<Cause>) -> DeadlineTimer {
         DeadlineTimer {
             node: Backref::new(),
             when,
+            err,
             cause,
             timer: Mutex::new(None),
         }
     }
 
-    /// Registers the timer with the reactor, or cancels now if the deadline
-    /// has already passed.
+    /// Registers the timer with the reactor, or cancels now if its instant
+    /// has already passed. The caller has set `node`'s `DEPENDENTS` flag
+    /// (invariant 5), so that a cancel finishing the node from then on
+    /// disarms the timer.
     pub(super) fn arm(self: &Arc<Self>, node: &Node) {
         let mut slot = lock(&self.timer);
         // A cancel that raced us has already disarmed (under this lock,
@@ -69,11 +77,7 @@ impl DeadlineTimer {
         if let Some(node) = self.node.acquire() {
             // On the reactor's thread there is nobody to resume a callback's
             // panic to; the panic hook has already reported it.
-            drop(walk::cancel(
-                &node,
-                Error::DeadlineExceeded,
-                self.cause.clone(),
-            ));
+            drop(walk::cancel(&node, self.err, self.cause.clone()));
         }
         // `node`, dropped above, may have been the last handle: no lock held.
     }

@@ -106,6 +106,7 @@ pub(crate) fn derive_merged(first: &Context, second: &Context) -> (NodeRef<Node>
             registered: AtomicBool::new(false),
             links: Pointers::new(),
         }),
+        grace: None,
     });
     let (node, handle) = NodeRef::new_pair(Node::new(first, deadline, Some(extra)));
     link(first, &node);

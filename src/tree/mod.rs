@@ -1,7 +1,7 @@
 //! The tree: cancellable nodes, value nodes, detached nodes, how they are
 //! derived, linked and freed. The cancel walk is in `walk.rs`, merged nodes'
 //! rules in `merge.rs`, deadlines in `deadline.rs`, `after_func` callbacks
-//! in `callbacks.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
+//! in `callbacks.rs`, grace nodes (`with_grace`) in `grace.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
 //! count), `list.rs` (the intrusive list) and `state.rs` (the state word);
 //! they know nothing of this policy.
 //!
@@ -19,6 +19,9 @@
 //!    into the second when it registers, if the second parent is live then;
 //!    it leaves them only when its own cancel's walk is over or when its
 //!    last handle goes. A parent's cancel does not unlink its children.
+//!    A grace node has no link parent and is in no child list: what stands
+//!    for it is a callback in its anchor's callback list, which leaves at
+//!    the same two moments unless it has run (`grace.rs`).
 //! 3. **Ownership points up.** A node owns its parent context (a merged
 //!    node its second parent too); lists and back-references own nothing.
 //!    So when a node's count reaches zero no descendant is left, and
@@ -49,13 +52,16 @@
 //!    node it finds already done by another thread that has something
 //!    attached, once each; children take the reason of the node they are
 //!    reached from. When it ends, every node below was done at some point
-//!    during the walk, whoever else was cancelling part of the subtree.
+//!    during the walk, whoever else was cancelling part of the subtree. (A
+//!    grace node is not below its parent in this sense: a callback of the
+//!    parent starts its grace, after the walk.)
 //!
 //! # Deadlock safety
 //!
 //! Locks: one per cancellable node (`inner`, guarding its child list,
 //! merged list and callbacks), and leaf locks (a `Backref`'s, a timer's
-//! slot, a callback's closure) under which nothing else is locked.
+//! slot, a grace's timer slot, a callback's closure) under which nothing
+//! else is locked.
 //!
 //! * At most one node lock is held at a time. Everything that takes two
 //!   (a last release leaving its link parent and then its second parent; a
@@ -81,6 +87,7 @@
 mod callbacks;
 mod deadline;
 mod drop_chain;
+mod grace;
 mod list;
 mod merge;
 mod node_ref;
@@ -90,7 +97,7 @@ mod walk;
 use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
 
@@ -99,6 +106,7 @@ use crate::error::{Cause, Error};
 use crate::sync::{lock, Mutex};
 
 pub(crate) use callbacks::{register_callback, stop_callback, Callback};
+pub(crate) use grace::derive_grace;
 pub(crate) use merge::derive_merged;
 pub(crate) use node_ref::NodeRef;
 pub(crate) use walk::{cancel, Panic};
@@ -106,6 +114,7 @@ pub(crate) use walk::{cancel, Panic};
 use callbacks::Attached;
 use deadline::DeadlineTimer;
 use drop_chain::release_one;
+use grace::Grace;
 use list::{Link, List, Pointers};
 use merge::MergeLink;
 use node_ref::{Counted, RefCount};
@@ -158,7 +167,7 @@ pub(crate) struct Node {
     /// on either path).
     deadline: Option<Instant>,
     /// What only some nodes have, fixed at birth: an own deadline, a
-    /// second parent.
+    /// second parent, a grace period.
     extra: Option<Box<Extra>>,
 }
 
@@ -176,12 +185,14 @@ impl Inner {
     }
 }
 
-/// The parts of a node that only deadline and merged nodes have.
+/// The parts of a node that only deadline, merged and grace nodes have.
 struct Extra {
     /// An own deadline, earlier than the parent's, and its timer.
     timer: Option<Arc<DeadlineTimer>>,
     /// A second parent.
     merge: Option<MergeLink>,
+    /// A grace period after the parent is done (`grace.rs`).
+    grace: Option<Grace>,
 }
 
 /// What a cancellable node is, for `Display`.
@@ -189,6 +200,7 @@ pub(crate) enum Kind<'a> {
     Cancel,
     Deadline(Instant),
     Merge(&'a Context),
+    Grace(Duration),
 }
 
 /// The `Link` of child lists: through [`Node::links`].
@@ -239,9 +251,13 @@ impl Node {
         }
     }
 
-    /// The node whose child list this one is linked into, if any.
+    /// The node whose child list this one is linked into, if any. A grace
+    /// node has none: its parent's walk must not reach it (`grace.rs`).
     fn link_parent(&self) -> Option<&NodeRef<Node>> {
-        self.parent.repr.anchor()
+        match &self.extra {
+            Some(extra) if extra.grace.is_some() => None,
+            _ => self.parent.repr.anchor(),
+        }
     }
 
     fn merge_link(&self) -> Option<&MergeLink> {
@@ -273,11 +289,26 @@ impl Node {
     }
 
     pub(crate) fn kind(&self) -> Kind<'_> {
+        if let Some(grace) = self.grace() {
+            return Kind::Grace(grace.period);
+        }
         match (self.timer(), self.merge_link()) {
             (_, Some(merge)) => Kind::Merge(&merge.other),
             (Some(timer), None) => Kind::Deadline(timer.when),
             (None, None) => Kind::Cancel,
         }
+    }
+
+    /// Stops the timers that would cancel this node: its deadline's, and
+    /// a started grace's. For the winner of its finish (invariant 1).
+    fn disarm_timers(&self) {
+        if self.extra.is_none() {
+            return;
+        }
+        if let Some(timer) = self.timer() {
+            timer.disarm();
+        }
+        grace::disarm(self);
     }
 
     /// Records that a listener is registered, registering a merged node on
@@ -289,7 +320,8 @@ impl Node {
     }
 
     /// Leaves the lists this node is linked into (invariant 2): its link
-    /// parent's child list and its second parent's merged list.
+    /// parent's child list and its second parent's merged list; for a grace
+    /// node, its callback leaves its anchor's callback list.
     fn leave_lists(&self) {
         if let Some(link_parent) = self.link_parent() {
             let mut inner = lock(&link_parent.inner);
@@ -299,6 +331,7 @@ impl Node {
             unsafe { inner.children.remove(NonNull::from(self)) };
         }
         merge::leave(self);
+        grace::leave(self);
     }
 }
 
@@ -307,7 +340,9 @@ impl Node {
 // second parent's merged list, each under that list's lock (the only locks
 // under which `try_acquire` is called on a node: `walk.rs`), and revokes the
 // back-references held by its timer and its callbacks (`Backref`, under
-// their own locks). Nothing else points at a node without a count.
+// their own locks), and for a grace node those held by its grace callback
+// and the grace's timer (`grace::release`). Nothing else points at a node
+// without a count.
 unsafe impl Counted for Node {
     #[inline]
     fn ref_count(&self) -> &RefCount {
@@ -320,6 +355,7 @@ unsafe impl Counted for Node {
             timer.node.revoke();
             timer.disarm();
         }
+        grace::release(self);
         // Invariant 5: nothing was ever attached without the flag, and the
         // count's Acquire makes every attacher's flag visible here.
         if !self.state.has_dependents() {
@@ -376,8 +412,13 @@ pub(crate) fn derive_cancel(
         .map_or(parent_deadline, |(when, _)| Some(*when));
     let extra = own.map(|(when, cause)| {
         Box::new(Extra {
-            timer: Some(Arc::new(DeadlineTimer::new(when, cause))),
+            timer: Some(Arc::new(DeadlineTimer::new(
+                when,
+                Error::DeadlineExceeded,
+                cause,
+            ))),
             merge: None,
+            grace: None,
         })
     });
     let (node, handle) = NodeRef::new_pair(Node::new(parent, deadline, extra));

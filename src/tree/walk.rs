@@ -166,9 +166,7 @@ impl Walk {
                 }
                 self.callbacks.extend(callbacks);
             }
-            if let Some(timer) = node.timer() {
-                timer.disarm();
-            }
+            node.disarm_timers();
         }
     }
 

@@ -9,24 +9,41 @@
 //!
 //! Run one area with a filter on its module path, e.g.
 //! `cargo test --test all model::`.
+//!
+//! Under `--cfg ctxtree_checks` (the Miri and ThreadSanitizer runs), which
+//! leaves the heavy dev-dependencies out, the modules that need them
+//! (`smol`, `tokio`, `async-std`, `proptest`, `anyhow`) are left out too:
+//! the rest of the binary uses std and `futures` only and runs there, e.g.
+//! `cargo +nightly miri test --test all grace::`.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod after_func;
 mod bad_input;
+#[cfg(not(ctxtree_checks))]
 mod cancellation;
 mod causes;
+#[cfg(not(ctxtree_checks))]
 mod deadlines;
 mod depth;
 mod display;
+#[cfg(not(ctxtree_checks))]
 mod executors;
+mod grace;
+#[cfg(not(ctxtree_checks))]
 mod group;
+#[cfg(not(ctxtree_checks))]
 mod group_errors;
+#[cfg(not(ctxtree_checks))]
 mod merge;
+#[cfg(not(ctxtree_checks))]
 mod model;
 mod reentrancy;
+#[cfg(not(ctxtree_checks))]
 mod run_wait;
+#[cfg(not(ctxtree_checks))]
 mod stream;
 mod values;
+#[cfg(not(ctxtree_checks))]
 mod wire;

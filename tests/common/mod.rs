@@ -31,16 +31,20 @@
 //! calls of the whole process (`allocs`), and allocation calls of the
 //! calling thread (`thread_allocs`), which parallel tests cannot disturb.
 
+// The executors need the heavy dev-dependencies, which `--cfg
+// ctxtree_checks` (the Miri and ThreadSanitizer runs) leaves out.
+#[cfg(not(ctxtree_checks))]
 pub mod exec;
 pub mod poll;
 pub mod timing;
 pub mod tree;
 
+#[cfg(not(ctxtree_checks))]
 pub use exec::{assert_cancel_reaches_done_on_every_executor, Executor, Spawner, EXECUTORS};
 pub use poll::{done_stays_pending, poll_once, yield_once, CountingWaker};
-pub use timing::{
-    patience, shrunk, slow, valgrind, watchdog, watchdog_async, watchdog_on_stack, HOUR,
-};
+#[cfg(not(ctxtree_checks))]
+pub use timing::watchdog_async;
+pub use timing::{patience, shrunk, slow, valgrind, watchdog, watchdog_on_stack, HOUR};
 pub use tree::{
     assert_live, cause, cause_id, cause_is_error, cause_text, counter, my_cause, DropProbe, MyErr,
 };
@@ -181,6 +185,7 @@ pub fn n() -> usize {
 /// them, in order, before it fires a timer inserted after them, so a timer
 /// of our own that fires proves that every deregistered timer (and the
 /// waker it held) has left the reactor's queue.
+#[cfg(not(ctxtree_checks))]
 pub fn drain_async_io() {
     smol::block_on(smol::Timer::after(Duration::from_millis(1)));
 }

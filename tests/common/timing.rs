@@ -13,6 +13,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
 
+#[cfg(not(ctxtree_checks))]
 use futures::FutureExt;
 
 /// A deadline or timeout no test lives to see: a context given it stays
@@ -102,6 +103,7 @@ fn watch<T: Send + 'static>(
 /// Awaits `fut`, failing the test if it is not ready within [`patience`].
 /// The timer is async-io's, driven by its own thread, so this works on
 /// every executor.
+#[cfg(not(ctxtree_checks))]
 pub async fn watchdog_async<F: Future>(what: &str, fut: F) -> F::Output {
     let patience = patience();
     futures::select! {
