@@ -8,14 +8,12 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context as TaskContext, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use common::{assert_near, live_bytes, n, serial};
+use common::{assert_near, live_bytes, n, patience, poll_once, serial, HOUR};
 use ctxtree::{Canceller, Context, Error};
 
 #[global_allocator]
@@ -70,12 +68,12 @@ fn flush_timer_ops() {
         let slot = fired_on.clone();
         let _af = ctx.after_func(move || *slot.lock().unwrap() = Some(std::thread::current().id()));
         assert_eq!(
-            ctx.wait_timeout(Duration::from_secs(10)),
+            ctx.wait_timeout(patience()),
             Some(Error::DeadlineExceeded),
             "flush timer never fired"
         );
         // Callbacks run just after the node is marked done.
-        let give_up = Instant::now() + Duration::from_secs(10);
+        let give_up = Instant::now() + patience();
         while fired_on.lock().unwrap().is_none() && Instant::now() < give_up {
             std::thread::yield_now();
         }
@@ -194,9 +192,9 @@ fn cancelled_children_free_everything() {
 fn with_timeout_children_deregister_their_timers() {
     let _serial = serial();
     let (parent, cancel) = Context::background().with_cancel();
-    let (kept, _kc) = parent.with_timeout(Duration::from_secs(3600));
+    let (kept, _kc) = parent.with_timeout(HOUR);
     churn(&parent, TIMER_SLACK, Some(flush_timer_ops), |p| {
-        p.with_timeout(Duration::from_secs(3600)).0
+        p.with_timeout(HOUR).0
     });
     cancel.cancel();
     assert_eq!(kept.err(), Some(Error::Canceled));
@@ -249,19 +247,9 @@ fn grace_children_dropped_during_their_grace_disarm_their_timers() {
     cancel.cancel();
     let (kept, _kc) = parent.with_grace(Duration::from_millis(1));
     churn_count(n() / 10, &parent, TIMER_SLACK, Some(flush_timer_ops), |p| {
-        p.with_grace(Duration::from_secs(3600)).0
+        p.with_grace(HOUR).0
     });
-    assert_eq!(
-        kept.wait_timeout(Duration::from_secs(10)),
-        Some(Error::Canceled)
-    );
-}
-
-/// Polls `fut` once with a waker that does nothing.
-fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let waker = futures::task::noop_waker();
-    let mut cx = TaskContext::from_waker(&waker);
-    Pin::new(fut).poll(&mut cx)
+    assert_eq!(kept.wait_timeout(patience()), Some(Error::Canceled));
 }
 
 #[test]

@@ -36,9 +36,7 @@
 mod common;
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -46,7 +44,7 @@ use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{drain_async_io, live_bytes, serial};
+use common::{drain_async_io, live_bytes, patience, poll_once, serial, valgrind, HOUR};
 use ctxtree::{AfterFunc, Canceller, Context, Done, Error};
 use futures::executor::ThreadPool;
 
@@ -66,10 +64,6 @@ const SLACK_BYTES: isize = 64 << 10;
 // Settings
 // ---------------------------------------------------------------------------
 
-fn valgrind() -> bool {
-    std::env::var_os("CTXTREE_VALGRIND").is_some()
-}
-
 fn run_time() -> Duration {
     match std::env::var("CTXTREE_STRESS_SECS") {
         Ok(s) => Duration::from_secs_f64(
@@ -82,18 +76,12 @@ fn run_time() -> Duration {
     }
 }
 
-/// How long the end checks may take before the test calls it a hang.
-fn hang_timeout() -> Duration {
-    Duration::from_secs(if valgrind() { 300 } else { 30 })
-}
-
 const CONTEXTS_CAP: usize = 64;
 const CANCELLERS_CAP: usize = 64;
 const CALLBACKS_CAP: usize = 256;
 const WAITERS_CAP: usize = 256;
 const POOL_WAITERS_MAX: usize = 512;
 const POOL_THREADS: usize = 2;
-const HOUR: Duration = Duration::from_secs(3600);
 
 // ---------------------------------------------------------------------------
 // Shared state
@@ -230,7 +218,7 @@ fn settle(cb: Callback, stats: &Stats) -> usize {
     let start = Instant::now();
     while runs() == 0 {
         assert!(
-            start.elapsed() < hang_timeout(),
+            start.elapsed() < patience(),
             "stop() said started, but the callback never ran"
         );
         thread::yield_now();
@@ -415,9 +403,7 @@ impl Shared {
         let Some(mut w) = take(&self.waiters, rng) else {
             return;
         };
-        let waker = futures::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
-        match Pin::new(&mut w.done).poll(&mut cx) {
+        match poll_once(&mut w.done) {
             Poll::Ready(err) => {
                 assert_eq!(
                     w.ctx.err(),
@@ -462,9 +448,7 @@ impl Shared {
         let ctx = self.pick_context(rng);
         let first = ctx.err();
         let first_cause = ctx.cause().map(|c| c.to_string());
-        let waker = futures::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
-        let polled = Pin::new(&mut ctx.done()).poll(&mut cx);
+        let polled = poll_once(&mut ctx.done());
         if let Some(err) = first {
             assert_eq!(
                 polled,
@@ -551,12 +535,12 @@ impl Drop for SignalOnDrop {
 
 /// Receives `n` messages or fails after the hang timeout.
 fn recv_n<T>(rx: &mpsc::Receiver<T>, n: usize, what: &str) -> Vec<T> {
-    let deadline = Instant::now() + hang_timeout();
+    let deadline = Instant::now() + patience();
     (0..n)
         .map(|i| {
             let left = deadline.saturating_duration_since(Instant::now());
             rx.recv_timeout(left)
-                .unwrap_or_else(|e| panic!("{what}: {i} of {n} within {:?} ({e})", hang_timeout()))
+                .unwrap_or_else(|e| panic!("{what}: {i} of {n} within {:?} ({e})", patience()))
         })
         .collect()
 }
@@ -642,16 +626,15 @@ fn run(threads: usize, time: Duration) -> (Report, Vec<u64>) {
             let _ = report_tx.send(report);
         })
         .expect("spawn checker");
-    let report = match report_rx.recv_timeout(hang_timeout()) {
+    let report = match report_rx.recv_timeout(patience()) {
         Ok(report) => report,
         Err(mpsc::RecvTimeoutError::Disconnected) => match checker.join() {
             Err(panic) => std::panic::resume_unwind(panic),
             Ok(()) => unreachable!("the checker sends before it returns"),
         },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-            "end checks still running after {:?}: a hang",
-            hang_timeout()
-        ),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("end checks still running after {:?}: a hang", patience())
+        }
     };
     checker.join().expect("checker");
     // The pool was dropped with the shared state: wait for its threads.
@@ -699,7 +682,7 @@ fn check_and_drop(shared: Arc<Shared>) -> Report {
             .changed
             .wait_timeout_while(
                 lock(&pool_waiters.counts),
-                hang_timeout(),
+                patience(),
                 |(spawned, completed)| completed < spawned,
             )
             .expect("pool waiters lock")

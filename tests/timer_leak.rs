@@ -18,9 +18,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{drain_async_io, live_bytes, serial};
+use common::{drain_async_io, live_bytes, serial, shrunk, HOUR};
 use ctxtree::{Context, Error};
 
 #[global_allocator]
@@ -35,17 +35,11 @@ const QUEUE_SLACK: isize = 1_000 * 512;
 /// the allocator's and the harness's small change.
 const DRAINED_SLACK: isize = 16 << 10;
 
-const HOUR: Duration = Duration::from_secs(3600);
-
 /// How many children: a million. Measured on a 2-core machine, a debug
 /// build takes under 2 s per test for it (the report line gives the time),
 /// so there is no need for a smaller debug count; valgrind runs get fewer.
 fn count() -> usize {
-    if std::env::var_os("CTXTREE_VALGRIND").is_some() {
-        20_000
-    } else {
-        1_000_000
-    }
+    shrunk(1_000_000, 20_000)
 }
 
 /// Touches every lazily allocated global (async-io's reactor, its thread,

@@ -12,8 +12,8 @@ use ctxtree::{Context, Error};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
 use tower_common::{
-    done, handler, header, micros_left, request, seen, serve, text, within, Conn, Proto,
-    ServerName, PROMPTLY,
+    done, handler, header, micros_left, patience, request, seen, serve, text, within, Conn, Proto,
+    ServerName,
 };
 
 /// A server whose requests' contexts derive from `server_ctx`; returns its
@@ -174,7 +174,7 @@ async fn hang_up_cancels_with_client_gone(proto: Proto, how: HangUp) {
         .downcast_ref::<ClientGone>()
         .unwrap_or_else(|| panic!("the cause is {cause}, not ClientGone"));
     assert!(!gone.in_body());
-    assert!(took < PROMPTLY, "cancelled {took:?} after the hang-up");
+    assert!(took < patience(), "cancelled {took:?} after the hang-up");
     eprintln!("{proto:?} {how:?}: cancelled {took:?} after the hang-up");
 }
 
@@ -312,7 +312,7 @@ async fn server_context_cancel_reaches_every_request() {
     }
     // And the layer answered each, as gRPC or plain HTTP.
     for (grpc, response, _conn) in in_flight {
-        let response = tokio::time::timeout(PROMPTLY, response)
+        let response = tokio::time::timeout(patience(), response)
             .await
             .unwrap()
             .unwrap()
@@ -442,7 +442,7 @@ async fn deadline_before_the_answer(proto: Proto) {
             took >= Duration::from_millis(100),
             "answered after {took:?}"
         );
-        assert!(took < PROMPTLY, "answered after {took:?}");
+        assert!(took < patience(), "answered after {took:?}");
         if grpc {
             assert_eq!(response.status(), 200);
             assert_eq!(header(&response, "grpc-status").as_deref(), Some("4"));
@@ -495,7 +495,7 @@ async fn deadline_and_cancel_responses_are_configurable() {
     let waiting = tokio::spawn(conn.send(request(addr, "/wait", None, true)).await);
     let _ = contexts.next().await;
     shutdown.cancel();
-    let response = tokio::time::timeout(PROMPTLY, waiting)
+    let response = tokio::time::timeout(patience(), waiting)
         .await
         .unwrap()
         .unwrap()

@@ -3,6 +3,8 @@
 //! are written by hand (no protoc): `#[derive(prost::Message)]`,
 //! `tonic::server::Grpc` and `tonic::client::Grpc` with the prost codec.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 use tower::ServiceBuilder;
 
-const PROMPTLY: Duration = Duration::from_secs(10);
+use common::patience;
 
 /// What the caller asks for: nothing but which method it calls.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -134,21 +136,21 @@ where
         .map_err(|e| Status::unknown(e.into().to_string()))?;
     let path = PathAndQuery::from_static(method);
     let codec = ProstCodec::<BudgetRequest, BudgetReply>::default();
-    tokio::time::timeout(PROMPTLY, client.unary(request, path, codec))
+    tokio::time::timeout(patience(), client.unary(request, path, codec))
         .await
         .expect("the call ended in time")
         .map(tonic::Response::into_inner)
 }
 
 async fn next(contexts: &mut mpsc::UnboundedReceiver<Context>) -> Context {
-    tokio::time::timeout(PROMPTLY, contexts.recv())
+    tokio::time::timeout(patience(), contexts.recv())
         .await
         .expect("a call reached the handler")
         .unwrap()
 }
 
 async fn done(ctx: &Context) -> Error {
-    tokio::time::timeout(PROMPTLY, ctx.done())
+    tokio::time::timeout(patience(), ctx.done())
         .await
         .expect("the context is done in time")
 }
@@ -220,7 +222,7 @@ async fn a_deadline_passing_ends_the_handlers_context_and_the_call() {
         "{status:?}"
     );
     assert!(took >= Duration::from_millis(190), "{took:?}");
-    assert!(took < PROMPTLY, "{took:?}");
+    assert!(took < patience(), "{took:?}");
 
     // The handler's context ended at its deadline, not as a client gone.
     let ctx = next(&mut contexts).await;
@@ -242,7 +244,7 @@ async fn a_cancelled_client_context_reaches_the_handler() {
     let server_ctx = next(&mut contexts).await;
 
     cancel.cancel();
-    let status = tokio::time::timeout(PROMPTLY, in_flight)
+    let status = tokio::time::timeout(patience(), in_flight)
         .await
         .unwrap()
         .unwrap()
@@ -300,7 +302,7 @@ async fn a_server_shutdown_cancels_the_handlers() {
         assert_eq!(ctx.cause().unwrap().to_string(), "server shutting down");
     }
     for call in in_flight {
-        let status = tokio::time::timeout(PROMPTLY, call)
+        let status = tokio::time::timeout(patience(), call)
             .await
             .unwrap()
             .unwrap()

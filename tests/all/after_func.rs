@@ -1,31 +1,16 @@
 //! `Context::after_func` and `AfterFunc::stop`.
 //!
-//! Tests that could deadlock run the cancel on a spawned thread and wait for
-//! it with `recv_timeout`, so a deadlock fails the test instead of hanging it.
+//! Tests that could deadlock run the cancel under a watchdog
+//! (`common::watchdog`), so a deadlock fails the test instead of hanging it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread;
-use std::time::Duration;
 
 use ctxtree::{AfterFunc, Canceller, Context, Error};
 
-/// How long a cancel may take before we call it a deadlock.
-const DEADLOCK: Duration = Duration::from_secs(10);
-
-/// Counts its drops.
-struct DropProbe(Arc<AtomicUsize>);
-
-impl Drop for DropProbe {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
+use crate::common::{counter, watchdog, DropProbe, HOUR};
 
 /// Registers a callback that increments `runs`.
 fn count_into(ctx: &Context, runs: &Arc<AtomicUsize>) -> AfterFunc {
@@ -33,27 +18,6 @@ fn count_into(ctx: &Context, runs: &Arc<AtomicUsize>) -> AfterFunc {
     ctx.after_func(move || {
         runs.fetch_add(1, Ordering::SeqCst);
     })
-}
-
-/// Runs `f` on a new thread; fails if it does not finish within `DEADLOCK`.
-/// A panic inside `f` is resumed here.
-fn on_thread_or_deadlock<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let out = catch_unwind(AssertUnwindSafe(f));
-        let _ = tx.send(());
-        out
-    });
-    if rx.recv_timeout(DEADLOCK).is_err() {
-        panic!("{what}: did not finish within {DEADLOCK:?} (deadlock?)");
-    }
-    match handle.join().unwrap() {
-        Ok(out) => out,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
 }
 
 /// The message of a panic payload, for `&str` and `String` payloads.
@@ -403,7 +367,7 @@ fn callback_that_cancels_its_own_node() {
         again.cancel_with_cause(Arc::new(std::io::Error::other("ignored")));
         r.fetch_add(1, Ordering::SeqCst);
     });
-    on_thread_or_deadlock("callback cancels its own node", move || cancel.cancel());
+    watchdog("callback cancels its own node", move || cancel.cancel());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert_eq!(ctx.err(), Some(Error::Canceled));
     assert_eq!(
@@ -421,7 +385,7 @@ fn callback_that_cancels_its_parent() {
     let runs = counter();
     let _sibling_af = count_into(&sibling, &runs);
     let _af = ctx.after_func(move || parent_cancel.cancel());
-    on_thread_or_deadlock("callback cancels its parent", move || cancel.cancel());
+    watchdog("callback cancels its parent", move || cancel.cancel());
     assert!(ctx.is_done());
     assert_eq!(parent.err(), Some(Error::Canceled));
     assert_eq!(sibling.err(), Some(Error::Canceled));
@@ -441,7 +405,7 @@ fn callback_that_cancels_its_parent_while_the_parent_is_being_cancelled() {
         again.cancel();
         r.fetch_add(1, Ordering::SeqCst);
     });
-    on_thread_or_deadlock("callback re-cancels an ancestor", move || {
+    watchdog("callback re-cancels an ancestor", move || {
         parent_cancel.cancel()
     });
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -457,7 +421,7 @@ fn callback_that_cancels_a_sibling_branch() {
     let runs = counter();
     let _b_af = count_into(&b_child, &runs);
     let _af = a.after_func(move || b_cancel.cancel());
-    on_thread_or_deadlock("callback cancels a sibling", move || a_cancel.cancel());
+    watchdog("callback cancels a sibling", move || a_cancel.cancel());
     assert!(a.is_done());
     assert!(b.is_done());
     assert!(b_child.is_done());
@@ -472,7 +436,7 @@ fn callback_that_derives_a_child_of_the_cancelled_node() {
     let inside = ctx.clone();
     let _af = ctx.after_func(move || {
         let (child, _c) = inside.with_cancel();
-        let (deadline_child, _d) = inside.with_timeout(Duration::from_secs(3600));
+        let (deadline_child, _d) = inside.with_timeout(HOUR);
         let value_child = inside.with_value(1u8);
         // A callback registered from a callback, on a done node: runs at once.
         let nested_ran = Arc::new(AtomicBool::new(false));
@@ -487,7 +451,7 @@ fn callback_that_derives_a_child_of_the_cancelled_node() {
         ))
         .unwrap();
     });
-    on_thread_or_deadlock("callback derives from its node", move || {
+    watchdog("callback derives from its node", move || {
         cancel.cancel_with_cause(Arc::new(std::io::Error::other("why")))
     });
     let (child_err, deadline_err, value_err, child_cause, nested_ran) = rx.try_recv().unwrap();
@@ -510,7 +474,7 @@ fn callback_that_drops_the_last_handle_of_another_context() {
     // callback), and one in an unrelated tree; each with a callback of its
     // own and a value whose drop we watch.
     let (under, under_cancel) = root.with_cancel();
-    let (timed, timed_cancel) = Context::background().with_timeout(Duration::from_secs(3600));
+    let (timed, timed_cancel) = Context::background().with_timeout(HOUR);
     let (unrelated, unrelated_cancel) = Context::background().with_cancel();
     let drops = counter();
     let other_runs = counter();
@@ -526,7 +490,7 @@ fn callback_that_drops_the_last_handle_of_another_context() {
         others.push((held, ctx, c));
     }
     let _af = root.after_func(move || drop(others));
-    on_thread_or_deadlock("callback drops other contexts", move || {
+    watchdog("callback drops other contexts", move || {
         root_cancel.cancel()
     });
     assert_eq!(
@@ -557,7 +521,7 @@ fn callback_that_drops_the_last_handle_of_its_own_node() {
         .unwrap()
         .0
         .after_func(move || drop(inner.lock().unwrap().take()));
-    on_thread_or_deadlock("callback drops its own node", move || cancel.cancel());
+    watchdog("callback drops its own node", move || cancel.cancel());
     assert_eq!(drops.load(Ordering::SeqCst), 1);
     assert!(slot.lock().unwrap().is_none());
     assert!(!af.stop());
@@ -575,7 +539,7 @@ fn callback_that_stops_a_later_callback() {
         *s.lock().unwrap() = Some(handle.stop());
     });
     *later.lock().unwrap() = Some(count_into(&ctx, &runs));
-    on_thread_or_deadlock("callback stops another", move || cancel.cancel());
+    watchdog("callback stops another", move || cancel.cancel());
     let stopped = stopped.lock().unwrap().expect("first callback ran");
     // Exactly one of: it was stopped, or it had already started.
     assert_eq!(

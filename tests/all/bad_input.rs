@@ -1,74 +1,21 @@
 //! Edge-case inputs get defined answers: never a panic, never a hang.
 //!
-//! Anything that could block runs on its own thread under a timeout, so a
-//! hang fails the test instead of the suite. `CTXTREE_VALGRIND=1`
+//! Anything that could block runs under a watchdog (`common::watchdog`), so
+//! a hang fails the test instead of the suite. `CTXTREE_VALGRIND=1`
 //! (scripts/valgrind.sh) shrinks the loop counts.
 
-use std::future::Future;
-use std::io;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ctxtree::{Cause, Context, Error};
+use ctxtree::{Context, Error};
 
-const HANG_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::common::{cause, cause_text, patience, poll_once, shrunk, watchdog_on_stack, HOUR};
+
 const YEAR: Duration = Duration::from_secs(3600 * 24 * 365);
-
-fn valgrind() -> bool {
-    std::env::var_os("CTXTREE_VALGRIND").is_some()
-}
-
-/// Runs `f` on a thread with `stack` bytes of stack; fails if it does not
-/// finish within `HANG_TIMEOUT`, re-raises its panic if it panics.
-fn within<T: Send + 'static>(
-    name: &str,
-    stack: usize,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::Builder::new()
-        .name(name.to_string())
-        .stack_size(stack)
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .expect("spawn");
-    match rx.recv_timeout(HANG_TIMEOUT) {
-        Ok(out) => {
-            handle.join().expect("thread");
-            out
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("sends before it returns"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{name}: still running after {HANG_TIMEOUT:?}")
-        }
-    }
-}
-
-fn cause(msg: &str) -> Cause {
-    Arc::new(io::Error::other(msg.to_string()))
-}
-
-fn cause_text(ctx: &Context) -> Option<String> {
-    ctx.cause().map(|c| c.to_string())
-}
-
-/// Polls a fresh `done()` once.
-fn poll_once(ctx: &Context) -> Poll<Error> {
-    let waker = futures::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut done = ctx.done();
-    Pin::new(&mut done).poll(&mut cx)
-}
 
 // ---------------------------------------------------------------------------
 // Deadlines at the edges
@@ -81,7 +28,7 @@ fn timeout_duration_max_means_no_deadline() {
     let (ctx, cancel) = Context::background().with_timeout(Duration::MAX);
     assert_eq!(ctx.deadline(), None);
     assert!(!ctx.is_done());
-    assert!(poll_once(&ctx).is_pending());
+    assert!(poll_once(&mut ctx.done()).is_pending());
     assert_eq!(ctx.to_string(), "context.Background.WithCancel");
 
     let (with_cause, cancel2) =
@@ -89,7 +36,7 @@ fn timeout_duration_max_means_no_deadline() {
     assert_eq!(with_cause.deadline(), None);
 
     // Below a deadline: the parent's deadline stays in force.
-    let soon = Instant::now() + Duration::from_secs(3600);
+    let soon = Instant::now() + HOUR;
     let (parent, _pc) = Context::background().with_deadline(soon);
     let (child, _cc) = parent.with_timeout(Duration::MAX);
     assert_eq!(child.deadline(), Some(soon));
@@ -119,7 +66,10 @@ fn timeout_zero_is_done_at_once() {
     );
     let deadline = ctx.deadline().expect("a deadline");
     assert!(before <= deadline && deadline <= after);
-    assert_eq!(poll_once(&ctx), Poll::Ready(Error::DeadlineExceeded));
+    assert_eq!(
+        poll_once(&mut ctx.done()),
+        Poll::Ready(Error::DeadlineExceeded)
+    );
     assert_eq!(ctx.wait(), Error::DeadlineExceeded);
 
     let ran_on = Arc::new(std::sync::Mutex::new(None));
@@ -140,14 +90,11 @@ fn timeout_zero_is_done_at_once() {
     assert_eq!(cause_text(&with_cause).as_deref(), Some("zero"));
 
     // Children of it are born done with its error.
-    let (child, _cc) = ctx.with_value(1u8).with_timeout(Duration::from_secs(3600));
+    let (child, _cc) = ctx.with_value(1u8).with_timeout(HOUR);
     assert_eq!(child.err(), Some(Error::DeadlineExceeded));
     // The smallest positive timeout fires without anyone polling.
     let (tiny, _tc) = Context::background().with_timeout(Duration::from_nanos(1));
-    assert_eq!(
-        tiny.wait_timeout(Duration::from_secs(10)),
-        Some(Error::DeadlineExceeded)
-    );
+    assert_eq!(tiny.wait_timeout(patience()), Some(Error::DeadlineExceeded));
 }
 
 /// A deadline a year in the past: done at once, and `deadline()` reports it
@@ -169,7 +116,7 @@ fn deadline_in_the_far_past() {
     assert_eq!(cause_text(&with_cause).as_deref(), Some("ancient"));
 
     // Below a live, later deadline: still the earliest, still done.
-    let (parent, _pc) = Context::background().with_timeout(Duration::from_secs(3600));
+    let (parent, _pc) = Context::background().with_timeout(HOUR);
     let (child, _cc) = parent.with_deadline(past);
     assert_eq!(child.deadline(), Some(past));
     assert_eq!(child.err(), Some(Error::DeadlineExceeded));
@@ -209,7 +156,7 @@ fn deadline_a_century_ahead() {
 /// A million cancels: cheap no-ops after the first; the first reason stays.
 #[test]
 fn cancel_a_million_times() {
-    let n = if valgrind() { 10_000 } else { 1_000_000 };
+    let n = shrunk(1_000_000, 10_000);
     let (ctx, cancel) = Context::background().with_cancel();
     let (child, _cc) = ctx.with_cancel();
     let ran = Arc::new(AtomicUsize::new(0));
@@ -244,7 +191,7 @@ fn cancel_after_every_context_is_dropped() {
     let handle = ctx.after_func(move || {
         r.fetch_add(1, Ordering::SeqCst);
     });
-    let (child, child_cancel) = ctx.with_timeout(Duration::from_secs(3600));
+    let (child, child_cancel) = ctx.with_timeout(HOUR);
     drop(child);
     drop(child_cancel);
     drop(ctx);
@@ -256,7 +203,7 @@ fn cancel_after_every_context_is_dropped() {
 
     // A deadline node, only its Canceller left; a clone cancels; a guard of
     // the last canceller cancels on drop.
-    let (ctx, cancel) = Context::background().with_timeout(Duration::from_secs(3600));
+    let (ctx, cancel) = Context::background().with_timeout(HOUR);
     drop(ctx);
     let clone = cancel.clone();
     drop(cancel);
@@ -272,7 +219,7 @@ fn cancel_after_every_context_is_dropped() {
 /// when another thread cancels.
 #[test]
 fn wait_timeout_max_on_a_context_cancelled_elsewhere() {
-    let err = within("wait_timeout_max", 1 << 20, || {
+    let err = watchdog_on_stack("wait_timeout_max", 1 << 20, || {
         let (ctx, cancel) = Context::background().with_cancel();
         let child = ctx.with_value(3u8);
         let barrier = Arc::new(Barrier::new(2));
@@ -317,7 +264,7 @@ fn unit_values_on_various_chains() {
     let sibling = c.with_value(2u32);
     assert_eq!(unit.value::<()>(), Some(&()));
     assert_eq!(sibling.value::<()>(), None);
-    let (d, _dc) = unit.with_timeout(Duration::from_secs(3600));
+    let (d, _dc) = unit.with_timeout(HOUR);
     let deep = d
         .with_value(5u32)
         .without_cancel()
@@ -417,7 +364,7 @@ fn after_func_on_contexts_that_are_never_done() {
             r.fetch_add(1, Ordering::SeqCst);
         });
         assert!(!ctx.is_done(), "{ctx}");
-        assert!(poll_once(ctx).is_pending(), "{ctx}");
+        assert!(poll_once(&mut ctx.done()).is_pending(), "{ctx}");
         assert_eq!(ran.load(Ordering::SeqCst), 0, "{ctx}");
         assert!(handle.stop(), "{ctx}: first stop()");
         assert!(!handle.stop(), "{ctx}: second stop()");
@@ -440,8 +387,8 @@ fn after_func_on_contexts_that_are_never_done() {
 /// cancelling it, formatting it and dropping it never recurse over depth.
 #[test]
 fn deep_chain_on_a_small_stack() {
-    let depth = if valgrind() { 10_000 } else { 200_000 };
-    within("deep_chain", 256 << 10, move || {
+    let depth = shrunk(200_000, 10_000);
+    watchdog_on_stack("deep_chain", 256 << 10, move || {
         let (root, cancel) = Context::background().with_cancel();
         let mut leaf = root.clone();
         let mut cancellers = Vec::new();
@@ -453,7 +400,7 @@ fn deep_chain_on_a_small_stack() {
                     c
                 }
                 1 => leaf.with_value(i as u32),
-                2 => leaf.with_timeout(Duration::from_secs(3600)).0,
+                2 => leaf.with_timeout(HOUR).0,
                 _ => leaf.with_value(i as u64),
             };
         }

@@ -8,52 +8,14 @@ use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ctxtree::{Cause, Context, Error};
+use ctxtree::{Context, Error};
 use futures::executor::block_on;
 use futures::future::{FusedFuture, FutureExt};
-use futures::task::noop_waker;
 
-const HOUR: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, PartialEq, Eq)]
-struct MyErr(usize);
-
-impl fmt::Display for MyErr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "my error {}", self.0)
-    }
-}
-
-impl std::error::Error for MyErr {}
-
-fn my_cause(n: usize) -> Cause {
-    Arc::new(MyErr(n))
-}
-
-/// The `MyErr` number carried by `ctx.cause()`, if any.
-fn cause_id(ctx: &Context) -> Option<usize> {
-    ctx.cause()
-        .and_then(|c| c.downcast_ref::<MyErr>().map(|e| e.0))
-}
-
-/// `ctx.cause()` is the `ctxtree::Error` itself.
-fn cause_is_error(ctx: &Context, err: Error) -> bool {
-    ctx.cause()
-        .is_some_and(|c| c.downcast_ref::<Error>() == Some(&err))
-}
-
-fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let waker = noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    fut.poll_unpin(&mut cx)
-}
-
-fn assert_live(name: &str, ctx: &Context) {
-    assert!(!ctx.is_done(), "{name} ({ctx}) should be live");
-    assert_eq!(ctx.err(), None, "{name}");
-    assert!(ctx.cause().is_none(), "{name}");
-    assert!(poll_once(&mut ctx.done()).is_pending(), "{name}: done()");
-}
+use crate::common::{
+    assert_cancel_reaches_done_on_every_executor, assert_live, cause_id, cause_is_error, my_cause,
+    patience, poll_once, CountingWaker, HOUR,
+};
 
 fn assert_canceled(name: &str, ctx: &Context) {
     assert!(ctx.is_done(), "{name} ({ctx}) should be done");
@@ -221,9 +183,9 @@ fn child_deadline_never_affects_parent_or_siblings() {
     // Wait on the child: a wait on `timed` that starts after the timer fired
     // can return while the timer thread's walk has not reached the child.
     assert_eq!(
-        timed_child.wait_timeout(Duration::from_secs(5)),
+        timed_child.wait_timeout(patience()),
         Some(Error::DeadlineExceeded),
-        "20ms deadline not observed within 5s"
+        "20ms deadline not observed within the patience"
     );
     assert_eq!(timed.err(), Some(Error::DeadlineExceeded));
     assert_live("parent", &parent);
@@ -337,12 +299,12 @@ fn deadline_racing_a_cancel_settles_on_one_reason() {
         }
         cancel.cancel_with_cause(my_cause(round as usize));
         let err = ctx
-            .wait_timeout(Duration::from_secs(5))
-            .expect("done within 5s");
+            .wait_timeout(patience())
+            .expect("done within the patience");
         // Wait on the child too: if the timer thread won, our cancel returned
         // at once and the wait above may have found `ctx` done while that
         // thread's walk had not reached `child` yet.
-        assert_eq!(child.wait_timeout(Duration::from_secs(5)), Some(err));
+        assert_eq!(child.wait_timeout(patience()), Some(err));
         match err {
             Error::Canceled => {
                 assert_eq!(cause_id(&ctx), Some(round as usize));
@@ -599,11 +561,18 @@ fn done_futures_created_before_cancel_resolve_after() {
     let (ctx, cancel) = Context::background().with_cancel();
     let child = ctx.with_value(1u8);
     let mut polled = ctx.done();
-    assert!(poll_once(&mut polled).is_pending());
+    let polled_waker = CountingWaker::new();
+    assert!(polled_waker.poll(&mut polled).is_pending());
     let unpolled = ctx.done();
     let mut through_value = child.done();
-    assert!(poll_once(&mut through_value).is_pending());
+    let through_value_waker = CountingWaker::new();
+    assert!(through_value_waker.poll(&mut through_value).is_pending());
+    assert_eq!(polled_waker.wakes(), 0);
+    assert_eq!(through_value_waker.wakes(), 0);
     cancel.cancel();
+    // Each polled `Done` is woken once, before `cancel` returns.
+    assert_eq!(polled_waker.wakes(), 1);
+    assert_eq!(through_value_waker.wakes(), 1);
     assert_eq!(block_on(polled), Error::Canceled);
     assert_eq!(block_on(unpolled), Error::Canceled);
     assert_eq!(block_on(through_value), Error::Canceled);
@@ -661,56 +630,12 @@ fn done_blocked_on_resolves_when_cancelled_from_another_thread() {
 }
 
 #[test]
-fn done_works_on_several_executors() {
-    fn scenario() -> (Context, ctxtree::Canceller, mpsc::Sender<()>) {
+fn done_works_on_every_executor() {
+    assert_cancel_reaches_done_on_every_executor(|| {
         let (ctx, cancel) = Context::background().with_cancel();
-        let (tx, rx) = mpsc::channel::<()>();
-        let c = cancel.clone();
-        thread::spawn(move || {
-            if rx.recv().is_ok() {
-                c.cancel();
-            }
-        });
-        (ctx, cancel, tx)
-    }
-
-    let (ctx, _c, tx) = scenario();
-    let got = smol::block_on(async {
-        tx.send(()).unwrap();
-        ctx.done().await
+        let (grandchild, _gc) = ctx.with_value(1u8).with_cancel();
+        (grandchild, cancel)
     });
-    assert_eq!(got, Error::Canceled, "smol");
-
-    let (ctx, _c, tx) = scenario();
-    let got = async_std::task::block_on(async {
-        tx.send(()).unwrap();
-        ctx.done().await
-    });
-    assert_eq!(got, Error::Canceled, "async-std");
-
-    let (ctx, _c, tx) = scenario();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let got = rt.block_on(async {
-        let task = tokio::spawn(async move { ctx.done().await });
-        tx.send(()).unwrap();
-        task.await.unwrap()
-    });
-    assert_eq!(got, Error::Canceled, "tokio");
-
-    let (ctx, _c, tx) = scenario();
-    let pool = futures::executor::ThreadPool::builder()
-        .pool_size(2)
-        .create()
-        .unwrap();
-    let (otx, orx) = futures::channel::oneshot::channel();
-    pool.spawn_ok(async move {
-        let _ = otx.send(ctx.done().await);
-    });
-    tx.send(()).unwrap();
-    assert_eq!(block_on(orx).unwrap(), Error::Canceled, "thread pool");
 }
 
 #[test]

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use ctxtree::{Cause, Context, Error};
 
-const HOUR: Duration = Duration::from_secs(3600);
-const GENEROUS: Duration = Duration::from_secs(5);
+use crate::common::{patience, HOUR};
 
 #[derive(Debug, PartialEq, Eq)]
 struct MyErr(&'static str);
@@ -142,7 +141,10 @@ fn plain_deadline_reports_deadline_exceeded_as_cause() {
     let (child, _cc) = ctx.with_value(1u8).with_cancel();
     // Wait on the child: the timer thread finishes `ctx` before walking to
     // it, so a wait on `ctx` alone could return while `child` is still live.
-    assert_eq!(child.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(
+        child.wait_timeout(patience()),
+        Some(Error::DeadlineExceeded)
+    );
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     assert_eq!(error_cause(&ctx), Some(Error::DeadlineExceeded));
     assert_eq!(error_cause(&child), Some(Error::DeadlineExceeded));
@@ -159,7 +161,7 @@ fn timeout_cause_is_reported_when_the_deadline_fires() {
     // is done all three are (a wait on `ctx` that starts after the timer
     // fired could return while the walk is still below it).
     assert_eq!(
-        valued.wait_timeout(GENEROUS),
+        valued.wait_timeout(patience()),
         Some(Error::DeadlineExceeded),
         "20ms deadline not observed within 5s"
     );
@@ -173,7 +175,7 @@ fn timeout_cause_is_reported_when_the_deadline_fires() {
 fn deadline_cause_is_reported_when_the_deadline_fires() {
     let (ctx, _c) = Context::background()
         .with_deadline_cause(Instant::now() + Duration::from_millis(20), cause("late"));
-    assert_eq!(ctx.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(ctx.wait_timeout(patience()), Some(Error::DeadlineExceeded));
     assert_eq!(my(&ctx), Some("late"));
 }
 
@@ -202,7 +204,7 @@ fn plain_cancel_before_a_short_deadline_is_not_overwritten_when_it_passes() {
     // A sibling with the same deadline proves that the deadline has passed.
     let (witness, _w) = Context::background().with_deadline(deadline);
     assert_eq!(
-        witness.wait_timeout(GENEROUS),
+        witness.wait_timeout(patience()),
         Some(Error::DeadlineExceeded)
     );
     assert_eq!(ctx.err(), Some(Error::Canceled));
@@ -231,7 +233,10 @@ fn parent_deadline_cause_reaches_a_child_with_its_own_later_deadline_cause() {
     let (parent, _pc) =
         Context::background().with_timeout_cause(Duration::from_millis(20), cause("outer"));
     let (child, _cc) = parent.with_timeout_cause(HOUR, cause("inner"));
-    assert_eq!(child.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(
+        child.wait_timeout(patience()),
+        Some(Error::DeadlineExceeded)
+    );
     assert_eq!(my(&child), Some("outer"));
 }
 

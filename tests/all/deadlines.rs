@@ -4,36 +4,18 @@
 //! reactor thread, so nothing in these tests polls the contexts to make them
 //! fire: the test thread only blocks in `wait_timeout` (or spins on
 //! `is_done`). Deadlines never fire early, so "not done before the deadline"
-//! is a safe assertion; "done by" bounds are generous (10 s) because the
-//! machine is small and noisy.
+//! is a safe assertion; "done by" bounds are the tests' generous patience
+//! (`common::patience`) because the machine is small and noisy.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ctxtree::{Cause, Context, Error};
+use ctxtree::{Context, Error};
 use futures::FutureExt;
 
-/// Far more than any deadline used here needs to fire on a loaded machine.
-const GENEROUS: Duration = Duration::from_secs(10);
-
-/// Counts its drops.
-struct DropProbe(Arc<AtomicUsize>);
-
-impl Drop for DropProbe {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
-fn cause(msg: &str) -> Cause {
-    Arc::new(std::io::Error::other(msg.to_string()))
-}
+use crate::common::{cause, counter, patience, watchdog_async, DropProbe, HOUR};
 
 #[test]
 fn deadline_in_the_past_is_done_at_once() {
@@ -86,7 +68,7 @@ fn timeout_fires_by_itself_observed_with_wait_timeout() {
     let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
     let deadline = ctx.deadline().expect("with_timeout sets a deadline");
     assert!(deadline >= start + Duration::from_millis(20));
-    assert_eq!(ctx.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(ctx.wait_timeout(patience()), Some(Error::DeadlineExceeded));
     assert!(Instant::now() >= deadline, "a deadline never fires early");
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     assert!(ctx.err().unwrap().is_timeout());
@@ -102,7 +84,7 @@ fn timeout_fires_with_nobody_listening() {
     // the reactor's timer can make it done.
     let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
     let deadline = ctx.deadline().unwrap();
-    let give_up = Instant::now() + GENEROUS;
+    let give_up = Instant::now() + patience();
     while !ctx.is_done() && Instant::now() < give_up {
         thread::yield_now();
     }
@@ -135,20 +117,15 @@ fn deadline_is_never_observed_early() {
     let _af = ctx.after_func(move || tx.send(Instant::now()).unwrap());
     let blocked = {
         let ctx = ctx.clone();
-        thread::spawn(move || (ctx.wait_timeout(GENEROUS), Instant::now()))
+        thread::spawn(move || (ctx.wait_timeout(patience()), Instant::now()))
     };
-    let via_done = futures::executor::block_on(async {
-        futures::select! {
-            err = ctx.done() => Some(err),
-            _ = smol::Timer::after(GENEROUS).fuse() => None,
-        }
-    });
-    assert_eq!(via_done, Some(Error::DeadlineExceeded));
+    let via_done = futures::executor::block_on(watchdog_async("done()", ctx.done()));
+    assert_eq!(via_done, Error::DeadlineExceeded);
     assert!(Instant::now() >= deadline);
     let (err, seen) = blocked.join().unwrap();
     assert_eq!(err, Some(Error::DeadlineExceeded));
     assert!(seen >= deadline);
-    let in_callback = rx.recv_timeout(GENEROUS).expect("callback ran");
+    let in_callback = rx.recv_timeout(patience()).expect("callback ran");
     assert!(in_callback >= deadline);
 }
 
@@ -156,11 +133,11 @@ fn deadline_is_never_observed_early() {
 fn earlier_parent_deadline_is_inherited() {
     let (parent, _pc) = Context::background().with_timeout(Duration::from_millis(30));
     let parent_deadline = parent.deadline().unwrap();
-    let (child, _cc) = parent.with_timeout(Duration::from_secs(3600));
+    let (child, _cc) = parent.with_timeout(HOUR);
     assert_eq!(child.deadline(), Some(parent_deadline));
     // Same through a value node, and with an explicit later deadline.
     let mid = parent.with_value("mid");
-    let (grandchild, _gc) = mid.with_deadline(Instant::now() + Duration::from_secs(3600));
+    let (grandchild, _gc) = mid.with_deadline(Instant::now() + HOUR);
     assert_eq!(grandchild.deadline(), Some(parent_deadline));
     // A deadline equal to the parent's: "at or before" means inherit.
     let (equal, _ec) = parent.with_deadline(parent_deadline);
@@ -171,7 +148,7 @@ fn earlier_parent_deadline_is_inherited() {
     // Wait on each: they are siblings in the timer thread's walk, in no
     // promised order.
     for c in [&child, &grandchild, &equal] {
-        assert_eq!(c.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+        assert_eq!(c.wait_timeout(patience()), Some(Error::DeadlineExceeded));
     }
     assert!(Instant::now() >= parent_deadline);
     assert_eq!(parent.err(), Some(Error::DeadlineExceeded));
@@ -185,9 +162,9 @@ fn earlier_parent_deadline_is_inherited() {
 fn parent_deadline_cause_reaches_children() {
     let (parent, _pc) = Context::background()
         .with_timeout_cause(Duration::from_millis(20), cause("parent too slow"));
-    let (child, _cc) = parent.with_timeout_cause(Duration::from_secs(3600), cause("child cause"));
+    let (child, _cc) = parent.with_timeout_cause(HOUR, cause("child cause"));
     let leaf = child.with_value(3u16);
-    assert_eq!(leaf.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(leaf.wait_timeout(patience()), Some(Error::DeadlineExceeded));
     assert_eq!(parent.cause().unwrap().to_string(), "parent too slow");
     assert_eq!(child.cause().unwrap().to_string(), "parent too slow");
     assert_eq!(leaf.cause().unwrap().to_string(), "parent too slow");
@@ -195,7 +172,7 @@ fn parent_deadline_cause_reaches_children() {
 
 #[test]
 fn earlier_child_deadline_fires_while_parent_stays_live() {
-    let (parent, _pc) = Context::background().with_timeout(Duration::from_secs(3600));
+    let (parent, _pc) = Context::background().with_timeout(HOUR);
     let parent_deadline = parent.deadline().unwrap();
     let (sibling, _sc) = parent.with_cancel();
     let (child, _cc) = parent.with_timeout(Duration::from_millis(20));
@@ -205,7 +182,7 @@ fn earlier_child_deadline_fires_while_parent_stays_live() {
     assert_eq!(grandchild.deadline(), Some(child_deadline));
 
     assert_eq!(
-        grandchild.wait_timeout(GENEROUS),
+        grandchild.wait_timeout(patience()),
         Some(Error::DeadlineExceeded)
     );
     assert_eq!(child.err(), Some(Error::DeadlineExceeded));
@@ -224,7 +201,7 @@ fn duration_max_means_no_deadline() {
     assert_eq!(with_cause.deadline(), None);
     assert!(!with_cause.is_done());
     // Under a parent with a deadline, it inherits the parent's.
-    let (parent, _pc) = Context::background().with_timeout(Duration::from_secs(3600));
+    let (parent, _pc) = Context::background().with_timeout(HOUR);
     let (child, _cc) = parent.with_timeout(Duration::MAX);
     assert_eq!(child.deadline(), parent.deadline());
     // Still cancellable.
@@ -260,7 +237,10 @@ fn deadline_a_hundred_years_ahead() {
 
     // The reactor is not wedged by a timer that far out: a short one still fires.
     let (short, _sc) = ctx.with_timeout(Duration::from_millis(20));
-    assert_eq!(short.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(
+        short.wait_timeout(patience()),
+        Some(Error::DeadlineExceeded)
+    );
     assert!(!ctx.is_done());
 
     cancel.cancel();
@@ -273,7 +253,7 @@ fn deadline_is_the_earliest_on_the_path_through_value_nodes() {
     assert_eq!(Context::background().deadline(), None);
     assert_eq!(Context::background().with_value(0u8).deadline(), None);
 
-    let (root, _rc) = Context::background().with_timeout(Duration::from_secs(3600));
+    let (root, _rc) = Context::background().with_timeout(HOUR);
     let d1 = root.deadline().unwrap();
     let v1 = root.with_value(1u8);
     let v2 = v1.with_value("two");
@@ -321,7 +301,7 @@ fn deadline_callback_runs_on_another_thread() {
             .unwrap();
     });
     let (id, name, err) = rx
-        .recv_timeout(GENEROUS)
+        .recv_timeout(patience())
         .expect("the deadline's callback ran");
     assert_ne!(
         id,
@@ -446,17 +426,12 @@ fn dropped_deadline_child_of_a_live_parent_never_fires() {
 #[test]
 fn pending_done_keeps_a_deadline_node_alive_until_it_fires() {
     let (ctx, cancel) = Context::background().with_timeout(Duration::from_millis(20));
-    let mut done = ctx.done();
+    let done = ctx.done();
     drop(ctx);
     drop(cancel);
     assert_eq!(
-        futures::executor::block_on(async {
-            futures::select! {
-                err = done => Some(err),
-                _ = smol::Timer::after(GENEROUS).fuse() => None,
-            }
-        }),
-        Some(Error::DeadlineExceeded)
+        futures::executor::block_on(watchdog_async("done()", done)),
+        Error::DeadlineExceeded
     );
 }
 
@@ -465,14 +440,9 @@ fn done_future_resolves_when_the_deadline_passes() {
     let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
     let below = ctx.with_value("x");
     let (grandchild, _gc) = below.with_cancel();
-    let got = futures::executor::block_on(async {
-        futures::select! {
-            err = grandchild.done() => Some(err),
-            _ = smol::Timer::after(GENEROUS).fuse() => None,
-        }
-    });
-    assert_eq!(got, Some(Error::DeadlineExceeded));
-    let io: std::io::Error = got.unwrap().into();
+    let got = futures::executor::block_on(watchdog_async("done()", grandchild.done()));
+    assert_eq!(got, Error::DeadlineExceeded);
+    let io: std::io::Error = got.into();
     assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
 }
 
@@ -489,11 +459,11 @@ fn many_timers_fire_each_not_before_its_deadline() {
         ctxs.push((ctx, c));
     }
     for (ctx, _) in &ctxs {
-        assert_eq!(ctx.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+        assert_eq!(ctx.wait_timeout(patience()), Some(Error::DeadlineExceeded));
     }
     assert!(!root.is_done());
     // Callbacks run after the node is marked done; give the last ones time.
-    let give_up = Instant::now() + GENEROUS;
+    let give_up = Instant::now() + patience();
     while fired_at.lock().unwrap().len() < ctxs.len() && Instant::now() < give_up {
         thread::yield_now();
     }
@@ -517,14 +487,17 @@ fn a_panicking_callback_on_the_timer_thread_is_swallowed() {
     let _boom = ctx.after_func(|| panic!("boom on the timer thread"));
     let _other = child.after_func(move || tx.send(thread::current().id()).unwrap());
     let ran_on = rx
-        .recv_timeout(GENEROUS)
+        .recv_timeout(patience())
         .expect("the other callback still ran");
     assert_ne!(ran_on, thread::current().id());
     assert_eq!(child.err(), Some(Error::DeadlineExceeded));
     // The panic did not take the timer thread down: later deadlines fire.
     for _ in 0..3 {
         let (later, _lc) = Context::background().with_timeout(Duration::from_millis(20));
-        assert_eq!(later.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+        assert_eq!(
+            later.wait_timeout(patience()),
+            Some(Error::DeadlineExceeded)
+        );
     }
 }
 
@@ -535,11 +508,11 @@ fn timer_thread_callbacks_may_use_timers() {
     // applied right there), cancels another deadline context, and arms a new
     // deadline whose own callback must fire too.
     let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
-    let (other, other_cancel) = Context::background().with_timeout(Duration::from_secs(3600));
+    let (other, other_cancel) = Context::background().with_timeout(HOUR);
     let (tx, rx) = mpsc::channel();
     let _af = ctx.after_func(move || {
         for _ in 0..3000 {
-            drop(Context::background().with_timeout(Duration::from_secs(3600)));
+            drop(Context::background().with_timeout(HOUR));
         }
         other_cancel.cancel();
         let (next, next_cancel) = Context::background().with_timeout(Duration::from_millis(20));
@@ -552,10 +525,10 @@ fn timer_thread_callbacks_may_use_timers() {
         drop(af);
         tx.send("first").unwrap();
     });
-    assert_eq!(rx.recv_timeout(GENEROUS), Ok("first"));
+    assert_eq!(rx.recv_timeout(patience()), Ok("first"));
     assert_eq!(other.err(), Some(Error::Canceled));
     assert_eq!(
-        rx.recv_timeout(GENEROUS),
+        rx.recv_timeout(patience()),
         Ok("second"),
         "a timer armed on the timer thread never fired"
     );

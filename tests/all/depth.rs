@@ -8,37 +8,20 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 
 use ctxtree::{Canceller, Context, Error};
-/// 1_000_000, or 20_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
-/// where memcheck runs the same paths some 50 times slower.
+
+use crate::common::{patience, shrunk, watchdog_on_stack, DropProbe};
+
+/// 1_000_000, or 20_000 under valgrind.
 fn depth() -> usize {
-    if std::env::var_os("CTXTREE_VALGRIND").is_some() {
-        20_000
-    } else {
-        1_000_000
-    }
+    shrunk(1_000_000, 20_000)
 }
 
-/// Runs `f` on a thread with a 2 MiB stack and returns its result.
+/// Runs `f` on a thread with a 2 MiB stack, under the watchdog, and returns
+/// its result.
 fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    thread::Builder::new()
-        .name("small-stack".into())
-        .stack_size(2 * 1024 * 1024)
-        .spawn(f)
-        .expect("spawn")
-        .join()
-        .expect("the small-stack thread panicked (or overflowed its stack)")
-}
-
-/// Counts its drops.
-struct DropProbe(Arc<AtomicUsize>);
-
-impl Drop for DropProbe {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
+    watchdog_on_stack("small stack", 2 * 1024 * 1024, f)
 }
 
 /// A value type of our own for the chain, so it is easy to look up.
@@ -319,7 +302,6 @@ fn deadline_at_the_root_of_a_deep_chain_fires_on_the_timer_thread() {
     // The timer thread walks the million levels, then (most likely) drops
     // the whole chain too: the leaf's last handle is in a callback on the
     // root, so the chain goes when that callback is done.
-    const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
     let (freed_tx, freed_rx) = std::sync::mpsc::channel();
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
     on_small_stack(move || {
@@ -336,12 +318,17 @@ fn deadline_at_the_root_of_a_deep_chain_fires_on_the_timer_thread() {
             seen_tx.send(()).unwrap();
             drop(leaf);
         });
-        assert_eq!(sample.wait_timeout(WAIT), Some(Error::DeadlineExceeded));
+        assert_eq!(
+            sample.wait_timeout(patience()),
+            Some(Error::DeadlineExceeded)
+        );
         assert_eq!(root.err(), Some(Error::DeadlineExceeded));
     });
-    seen_rx.recv_timeout(WAIT).expect("the root's callback ran");
+    seen_rx
+        .recv_timeout(patience())
+        .expect("the root's callback ran");
     freed_rx
-        .recv_timeout(WAIT)
+        .recv_timeout(patience())
         .expect("the chain was not freed");
 }
 

@@ -8,7 +8,6 @@
 //! `Err(Canceled)`.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -18,21 +17,9 @@ use ctxtree::{Context, Error};
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 
+use crate::common::{patience, watchdog_async, DropProbe, Executor, Spawner, HOUR};
+
 const TASKS: usize = 1_000;
-
-/// If the results take longer than this, something is stuck.
-const STUCK: Duration = Duration::from_secs(30);
-
-type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// Counts its drops: shows that the losing work future is dropped.
-struct DropProbe(Arc<AtomicUsize>);
-
-impl Drop for DropProbe {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// Work that never completes, with a probe that counts when it is dropped.
 async fn endless_work(probe: DropProbe) {
@@ -42,22 +29,21 @@ async fn endless_work(probe: DropProbe) {
 
 /// Collects `n` results, failing (not hanging) if they do not all come.
 async fn collect<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(n);
-    let mut stuck = FutureExt::fuse(smol::Timer::after(STUCK));
-    while out.len() < n {
-        futures::select! {
-            item = rx.next() => out.push(item.expect("a task dropped its sender")),
-            _ = stuck => panic!("only {} of {n} tasks reported within {STUCK:?}", out.len()),
+    watchdog_async("collecting the tasks' results", async {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(rx.next().await.expect("a task dropped its sender"));
         }
-    }
-    out
+        out
+    })
+    .await
 }
 
-/// Spawns `TASKS` tasks with `spawn`; each one, once started, races
+/// Spawns `TASKS` tasks with `spawner`; each one, once started, races
 /// `make_race(ctx)` and reports its result. Waits until all have started,
 /// cancels once, and checks that all report `Err(Canceled)` and dropped
 /// their work.
-async fn cancel_all<F>(spawn: &(dyn Fn(Task) + Sync), make_race: fn(Context, DropProbe) -> F)
+async fn cancel_all<F>(spawner: &Spawner, make_race: fn(Context, DropProbe) -> F)
 where
     F: Future<Output = Result<(), Error>> + Send + 'static,
 {
@@ -74,7 +60,7 @@ where
         let all_started_tx = all_started_tx.clone();
         let result_tx = result_tx.clone();
         let probe = DropProbe(dropped.clone());
-        spawn(Box::pin(async move {
+        spawner.spawn(async move {
             let race = make_race(ctx, probe);
             if started.fetch_add(1, Ordering::SeqCst) + 1 == TASKS {
                 let tx = all_started_tx.lock().unwrap().take().unwrap();
@@ -82,14 +68,13 @@ where
             }
             let result = race.await;
             result_tx.unbounded_send(result).unwrap();
-        }));
+        });
     }
     drop(result_tx);
 
-    futures::select! {
-        signal = all_started_rx.fuse() => signal.expect("a task vanished"),
-        _ = FutureExt::fuse(smol::Timer::after(STUCK)) => panic!("tasks never all started"),
-    }
+    watchdog_async("starting every task", all_started_rx)
+        .await
+        .expect("a task vanished");
     assert_eq!(started.load(Ordering::SeqCst), TASKS);
     assert!(
         result_rx.try_recv().is_err(),
@@ -138,13 +123,13 @@ async fn race_run(ctx: Context, probe: DropProbe) -> Result<(), Error> {
 }
 
 /// `run` on a live context lets its future finish: `Ok(output)`.
-async fn run_completes(spawn: &(dyn Fn(Task) + Sync)) {
+async fn run_completes(spawner: &Spawner) {
     let (ctx, cancel) = Context::background().with_cancel();
     let (tx, mut rx) = mpsc::unbounded();
     for i in 0..100u32 {
         let ctx = ctx.clone();
         let tx = tx.clone();
-        spawn(Box::pin(async move {
+        spawner.spawn(async move {
             let out = ctx
                 .run(async move {
                     smol::Timer::after(Duration::from_millis(1)).await;
@@ -152,7 +137,7 @@ async fn run_completes(spawn: &(dyn Fn(Task) + Sync)) {
                 })
                 .await;
             tx.unbounded_send((i, out)).unwrap();
-        }));
+        });
     }
     let mut results = collect(&mut rx, 100).await;
     results.sort_by_key(|(i, _)| *i);
@@ -165,102 +150,64 @@ async fn run_completes(spawn: &(dyn Fn(Task) + Sync)) {
 
 /// A deadline fires under the executor: `done()` in `select!` sees
 /// `DeadlineExceeded`.
-async fn deadline_in_select(spawn: &(dyn Fn(Task) + Sync)) {
+async fn deadline_in_select(spawner: &Spawner) {
     let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(20));
     let (tx, mut rx) = mpsc::unbounded();
     for _ in 0..100 {
         let ctx = ctx.clone();
         let tx = tx.clone();
-        spawn(Box::pin(async move {
+        spawner.spawn(async move {
             let dropped = Arc::new(AtomicUsize::new(0));
             let result = race_select(ctx, DropProbe(dropped)).await;
             tx.unbounded_send(result).unwrap();
-        }));
+        });
     }
     let results = collect(&mut rx, 100).await;
     assert!(results.iter().all(|r| *r == Err(Error::DeadlineExceeded)));
 }
 
 /// All the scenarios, on one executor.
-async fn all_scenarios(spawn: &(dyn Fn(Task) + Sync)) {
-    cancel_all(spawn, race_select).await;
-    cancel_all(spawn, race_select_held).await;
-    cancel_all(spawn, race_run).await;
-    run_completes(spawn).await;
-    deadline_in_select(spawn).await;
+async fn all_scenarios(spawner: Spawner) {
+    cancel_all(&spawner, race_select).await;
+    cancel_all(&spawner, race_select_held).await;
+    cancel_all(&spawner, race_run).await;
+    run_completes(&spawner).await;
+    deadline_in_select(&spawner).await;
 }
 
 #[test]
 fn on_smol_executor_with_two_threads() {
-    let ex = Arc::new(smol::Executor::new());
-    let (stop_tx, stop_rx) = smol::channel::unbounded::<()>();
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let ex = ex.clone();
-            let stop_rx = stop_rx.clone();
-            thread::spawn(move || smol::block_on(ex.run(stop_rx.recv())))
-        })
-        .collect();
-    let spawner = ex.clone();
-    smol::block_on(all_scenarios(&move |task: Task| {
-        spawner.spawn(task).detach()
-    }));
-    drop(stop_tx);
-    for w in workers {
-        let _ = w.join().unwrap();
-    }
+    Executor::SmolTwoThreads.block_on(all_scenarios);
 }
 
 #[test]
 fn on_smol_global_executor() {
-    smol::block_on(all_scenarios(&|task: Task| smol::spawn(task).detach()));
+    Executor::Smol.block_on(all_scenarios);
 }
 
 #[test]
 fn on_async_std() {
-    async_std::task::block_on(all_scenarios(&|task: Task| {
-        drop(async_std::task::spawn(task));
-    }));
+    Executor::AsyncStd.block_on(all_scenarios);
 }
 
 #[test]
 fn on_tokio_multi_thread() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let handle = rt.handle().clone();
-    rt.block_on(all_scenarios(&move |task: Task| {
-        drop(handle.spawn(task));
-    }));
+    Executor::TokioMultiThread.block_on(all_scenarios);
 }
 
 #[test]
 fn on_tokio_current_thread() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(
-        &rt,
-        all_scenarios(&|task: Task| {
-            drop(tokio::task::spawn_local(task));
-        }),
-    );
+    Executor::TokioCurrentThread.block_on(all_scenarios);
 }
 
 #[test]
 fn on_futures_thread_pool() {
-    let pool = futures::executor::ThreadPool::builder()
-        .pool_size(2)
-        .create()
-        .unwrap();
-    futures::executor::block_on(all_scenarios(&move |task: Task| pool.spawn_ok(task)));
+    Executor::FuturesThreadPool.block_on(all_scenarios);
 }
 
-/// Runs `f(i)` on `n` plain threads and returns their results, failing (not
-/// hanging) if they do not all finish within `STUCK`: a lost wakeup leaves
-/// a thread blocked forever, and it is then left behind.
+/// Runs `f(i)` on `n` plain threads; `receive` collects their results,
+/// failing (not hanging) if they do not all finish within the patience: a
+/// lost wakeup leaves a thread blocked forever, and it is then left behind.
 fn on_threads<T: Send + 'static>(
     n: usize,
     f: impl Fn(usize) -> T + Send + Sync + 'static,
@@ -276,10 +223,12 @@ fn on_threads<T: Send + 'static>(
 
 /// Receives `n` results from `on_threads`, or fails.
 fn receive<T>(rx: &std::sync::mpsc::Receiver<T>, n: usize) -> Vec<T> {
+    let patience = patience();
     (0..n)
         .map(|got| {
-            rx.recv_timeout(STUCK)
-                .unwrap_or_else(|_| panic!("only {got} of {n} threads finished within {STUCK:?}"))
+            rx.recv_timeout(patience).unwrap_or_else(|_| {
+                panic!("only {got} of {n} threads finished within {patience:?}")
+            })
         })
         .collect()
 }
@@ -296,7 +245,7 @@ fn on_plain_threads_with_wait() {
             if i % 2 == 0 {
                 Some(ctx.wait())
             } else {
-                ctx.wait_timeout(Duration::from_secs(3600))
+                ctx.wait_timeout(HOUR)
             }
         })
     };

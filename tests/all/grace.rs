@@ -3,55 +3,29 @@
 //!
 //! Graces that run out are `async-io` timers, as deadlines are: they never
 //! fire early, so "done no sooner than the grace" is a safe assertion, and
-//! "done by" bounds are generous (10 s) because the machine is small and
-//! noisy. "Not done yet" is checked with a grace of an hour. Miri cannot
+//! "done by" bounds are the tests' generous patience (`common::patience`)
+//! because the machine is small and noisy. "Not done yet" is checked with a grace of an hour. Miri cannot
 //! run the timers: under Miri only the zero and `Duration::MAX` graces run,
 //! among them the real-thread races at the end.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ctxtree::{Cause, Context, Error};
+use ctxtree::{Context, Error};
 
-/// Far more than any grace used here needs to run out on a loaded machine.
-const GENEROUS: Duration = Duration::from_secs(10);
-const HOUR: Duration = Duration::from_secs(3600);
+use crate::common::{cause, cause_is_error, cause_text, counter, patience, DropProbe, HOUR};
+
 /// A grace short enough to wait for.
 const SHORT: Duration = Duration::from_millis(30);
 
-fn cause(msg: &str) -> Cause {
-    Arc::new(std::io::Error::other(msg.to_string()))
-}
-
-fn cause_text(ctx: &Context) -> Option<String> {
-    ctx.cause().map(|c| c.to_string())
-}
-
-fn cause_is_error(ctx: &Context, err: Error) -> bool {
-    ctx.cause()
-        .is_some_and(|c| c.downcast_ref::<Error>() == Some(&err))
-}
-
-/// Counts its drops.
-struct DropProbe(Arc<AtomicUsize>);
-
-impl Drop for DropProbe {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
-/// Waits for `ctx` (generously) and returns how long it took from `since`.
+/// Waits for `ctx` (patiently) and returns how long it took from `since`.
 fn done_after(ctx: &Context, since: Instant) -> Duration {
     assert!(
-        ctx.wait_timeout(GENEROUS).is_some(),
-        "{ctx} not done within {GENEROUS:?}"
+        ctx.wait_timeout(patience()).is_some(),
+        "{ctx} not done within {:?}",
+        patience()
     );
     since.elapsed()
 }
@@ -123,7 +97,7 @@ fn the_grace_reaches_the_childs_subtree_with_the_parents_reason() {
     let (grandchild, _g) = child.with_value(1u8).with_cancel();
     let (deadline, _d) = grandchild.with_timeout(HOUR);
     cancel.cancel_with_cause(cause("soft"));
-    assert_eq!(deadline.wait_timeout(GENEROUS), Some(Error::Canceled));
+    assert_eq!(deadline.wait_timeout(patience()), Some(Error::Canceled));
     for ctx in [&child, &grandchild, &deadline] {
         assert_eq!(ctx.err(), Some(Error::Canceled));
         assert_eq!(cause_text(ctx).as_deref(), Some("soft"));
@@ -140,7 +114,7 @@ fn after_func_on_the_child_runs_when_the_grace_runs_out() {
         let _ = tx.send(thread::current().id());
     });
     cancel.cancel();
-    let ran_on = rx.recv_timeout(GENEROUS).expect("the callback ran");
+    let ran_on = rx.recv_timeout(patience()).expect("the callback ran");
     // On the timer's thread, not the one that cancelled the parent.
     assert_ne!(ran_on, thread::current().id());
 }
@@ -224,7 +198,10 @@ fn zero_grace_of_a_done_parent_is_done_at_once() {
 fn zero_grace_follows_a_deadline() {
     let (parent, _c) = Context::background().with_timeout(Duration::from_millis(10));
     let (child, _g) = parent.with_grace(Duration::ZERO);
-    assert_eq!(child.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(
+        child.wait_timeout(patience()),
+        Some(Error::DeadlineExceeded)
+    );
     assert!(parent.is_done());
     assert!(cause_is_error(&child, Error::DeadlineExceeded));
 }
@@ -295,7 +272,10 @@ fn own_canceller_first_wins() {
 fn own_canceller_during_the_grace_wins() {
     let (parent, _pc) = Context::background().with_timeout(Duration::from_millis(5));
     let (child, own) = parent.with_grace(HOUR);
-    assert_eq!(parent.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(
+        parent.wait_timeout(patience()),
+        Some(Error::DeadlineExceeded)
+    );
     assert!(!child.is_done());
     own.cancel();
     assert_eq!(child.err(), Some(Error::Canceled));
@@ -360,7 +340,10 @@ fn cause_and_err_of_a_deadline_exceeded_parent() {
     // No cause: the error itself.
     let (parent, _p) = Context::background().with_timeout(Duration::from_millis(5));
     let (child, _c) = parent.with_grace(SHORT);
-    assert_eq!(child.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(
+        child.wait_timeout(patience()),
+        Some(Error::DeadlineExceeded)
+    );
     assert!(child.err().unwrap().is_timeout());
     assert!(cause_is_error(&child, Error::DeadlineExceeded));
 
@@ -368,7 +351,10 @@ fn cause_and_err_of_a_deadline_exceeded_parent() {
     let (parent, _p) =
         Context::background().with_timeout_cause(Duration::from_millis(5), cause("budget spent"));
     let (child, _c) = parent.with_grace(SHORT);
-    assert_eq!(child.wait_timeout(GENEROUS), Some(Error::DeadlineExceeded));
+    assert_eq!(
+        child.wait_timeout(patience()),
+        Some(Error::DeadlineExceeded)
+    );
     assert_eq!(cause_text(&child).as_deref(), Some("budget spent"));
 }
 
@@ -488,7 +474,7 @@ fn dropping_the_child_during_its_grace_frees_it() {
     // fires timers in the order of their instants, so the dropped child's
     // would have fired by then, had it not been disarmed.
     let (sibling, _s) = parent.with_grace(SHORT);
-    assert!(sibling.wait_timeout(GENEROUS).is_some());
+    assert!(sibling.wait_timeout(patience()).is_some());
     assert_eq!(ran.load(Ordering::SeqCst), 0);
     assert!(af.stop());
 }

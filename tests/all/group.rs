@@ -18,10 +18,10 @@ use std::time::Duration;
 use ctxtree::{Context, Error, Group};
 use futures::channel::oneshot;
 use futures::executor::block_on;
-use futures::task::noop_waker;
 
-/// Generous: a noisy 2-core machine.
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::common::{
+    patience, poll_once, shrunk, watchdog, yield_once, CountingWaker, Executor, HOUR,
+};
 
 /// The tasks' error type: not `Clone`, so the group must share it.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,53 +39,6 @@ impl std::error::Error for TaskErr {}
 fn cause_id(ctx: &Context) -> Option<usize> {
     ctx.cause()
         .and_then(|c| c.downcast_ref::<TaskErr>().map(|e| e.0))
-}
-
-/// Pending once (waking itself), then ready: lets the group interleave
-/// tasks without any timer.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-fn yield_once() -> YieldOnce {
-    YieldOnce(false)
-}
-
-fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let waker = noop_waker();
-    let mut cx = TaskContext::from_waker(&waker);
-    Pin::new(fut).poll(&mut cx)
-}
-
-/// Runs `f` on its own thread and fails (instead of hanging the suite) if it
-/// has not finished within `PATIENCE`.
-fn within_patience<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let out = f();
-        let _ = tx.send(());
-        out
-    });
-    match rx.recv_timeout(PATIENCE) {
-        Ok(()) => handle.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Ok(_) => unreachable!("sent before returning"),
-            Err(panic) => std::panic::resume_unwind(panic),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: stuck (no result in {PATIENCE:?})"),
-    }
 }
 
 /// Counts tasks in flight (started, not finished) and the most ever seen.
@@ -278,7 +231,7 @@ fn tasks_woken_from_other_threads_finish() {
             thread::yield_now();
         }
     });
-    let got = within_patience("woken from another thread", move || block_on(group.wait()));
+    let got = watchdog("woken from another thread", move || block_on(group.wait()));
     assert_eq!(got, Ok(()));
     sender.join().unwrap();
 }
@@ -294,11 +247,17 @@ fn wait_is_pending_until_the_last_task_finishes() {
     });
     let ctx = group.context().clone();
     let mut wait = Box::pin(group.wait());
-    assert!(poll_once(&mut wait).is_pending());
-    assert!(poll_once(&mut wait).is_pending());
+    let waiter = CountingWaker::new();
+    assert!(waiter.poll(&mut wait).is_pending());
+    assert!(waiter.poll(&mut wait).is_pending());
     assert!(!ctx.is_done(), "not cancelled while tasks run");
+    let wakes = waiter.wakes();
     tx.send(()).unwrap();
-    assert_eq!(poll_once(&mut wait), Poll::Ready(Ok(())));
+    assert!(
+        waiter.wakes() > wakes,
+        "the last task's wakeup reaches the waiter"
+    );
+    assert_eq!(waiter.poll(&mut wait), Poll::Ready(Ok(())));
     assert!(ctx.is_done());
 }
 
@@ -397,14 +356,9 @@ where
     Y: Fn() -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    /// 10_000, or 1_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
-    /// where memcheck runs the same paths some 50 times slower.
+    /// 10_000, or 1_000 under valgrind.
     fn tasks() -> usize {
-        if std::env::var_os("CTXTREE_VALGRIND").is_some() {
-            1_000
-        } else {
-            10_000
-        }
+        shrunk(10_000, 1_000)
     }
     const LIMIT: usize = 64;
     // The task in the middle fails.
@@ -460,61 +414,45 @@ where
 
 #[test]
 fn ten_thousand_tasks_limit_64_one_fails_on_futures_executor() {
-    within_patience("futures::executor", || {
-        block_on(ten_thousand_under_64_one_fails(yield_once))
+    watchdog("futures::executor", || {
+        Executor::FuturesThreadPool.block_on(|_| ten_thousand_under_64_one_fails(yield_once))
     });
 }
 
 #[test]
 fn ten_thousand_tasks_limit_64_one_fails_on_smol() {
-    within_patience("smol", || {
-        smol::block_on(ten_thousand_under_64_one_fails(|| {
-            // A real timer through async-io's reactor.
-            let t = smol::Timer::after(Duration::from_micros(50));
-            async move {
-                t.await;
-            }
-        }))
+    watchdog("smol", || {
+        Executor::Smol.block_on(|_| {
+            ten_thousand_under_64_one_fails(|| {
+                // A real timer through async-io's reactor.
+                let t = smol::Timer::after(Duration::from_micros(50));
+                async move {
+                    t.await;
+                }
+            })
+        })
     });
 }
 
 #[test]
 fn ten_thousand_tasks_limit_64_one_fails_on_tokio() {
-    within_patience("tokio", || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            // Awaited inside a spawned task, which may move between workers.
-            tokio::spawn(ten_thousand_under_64_one_fails(tokio::task::yield_now))
-                .await
-                .unwrap();
-        });
+    // Awaited inside a spawned task, which may move between workers.
+    watchdog("tokio", || {
+        Executor::TokioMultiThread.run(ten_thousand_under_64_one_fails(tokio::task::yield_now))
     });
 }
 
 #[test]
 fn ten_thousand_tasks_limit_64_one_fails_on_async_std() {
-    within_patience("async-std", || {
-        async_std::task::block_on(ten_thousand_under_64_one_fails(yield_once))
+    watchdog("async-std", || {
+        Executor::AsyncStd.block_on(|_| ten_thousand_under_64_one_fails(yield_once))
     });
 }
 
 #[test]
 fn ten_thousand_tasks_limit_64_one_fails_on_a_thread_pool() {
-    within_patience("futures ThreadPool", || {
-        let pool = futures::executor::ThreadPool::builder()
-            .pool_size(2)
-            .create()
-            .unwrap();
-        let (tx, rx) = oneshot::channel();
-        pool.spawn_ok(async move {
-            ten_thousand_under_64_one_fails(yield_once).await;
-            tx.send(()).unwrap();
-        });
-        block_on(rx).unwrap();
+    watchdog("futures ThreadPool", || {
+        Executor::FuturesThreadPool.run(ten_thousand_under_64_one_fails(yield_once))
     });
 }
 
@@ -584,7 +522,7 @@ fn a_task_added_from_another_thread_wakes_the_waiter() {
             Ok(())
         });
     });
-    let got = within_patience("spawn from another thread", move || block_on(group.wait()));
+    let got = watchdog("spawn from another thread", move || block_on(group.wait()));
     assert_eq!(got, Ok(()));
     adder.join().unwrap();
 }
@@ -627,7 +565,7 @@ fn a_panic_resumes_out_of_wait_after_the_context_is_cancelled() {
     // A watcher on another thread sees the cancellation.
     let watcher = {
         let ctx = ctx.clone();
-        thread::spawn(move || ctx.wait_timeout(PATIENCE))
+        thread::spawn(move || ctx.wait_timeout(patience()))
     };
     // A task of the group that was waiting on the context.
     let sibling_started = Arc::new(AtomicBool::new(false));
@@ -656,11 +594,7 @@ fn a_panic_resumes_out_of_wait_after_the_context_is_cancelled() {
 
 #[test]
 fn a_panic_on_tokio_surfaces_as_a_panicked_join_and_cancels_the_group() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    Executor::TokioMultiThread.block_on(|_| async {
         let group = Group::<TaskErr>::new(&Context::background());
         let ctx = group.context().clone();
         group.spawn(async { panic!("boom") });
@@ -695,7 +629,7 @@ fn cancelling_the_parent_cancels_the_group_context() {
         }
         cancel_parent.cancel_with_cause(Arc::new(TaskErr(99)));
     });
-    let got = within_patience("parent cancel", move || block_on(group.wait()));
+    let got = watchdog("parent cancel", move || block_on(group.wait()));
     // Tasks returned Ok: the group's own result is Ok.
     assert_eq!(got, Ok(()));
     canceller.join().unwrap();
@@ -763,7 +697,7 @@ fn a_group_under_a_merged_context_stops_on_shutdown() {
         begin_shutdown.cancel();
     });
     let gctx = group.context().clone();
-    let got = within_patience("merged shutdown", move || smol::block_on(group.wait()));
+    let got = watchdog("merged shutdown", move || smol::block_on(group.wait()));
     t.join().unwrap();
     // The shutdown came first: its reason is the group context's cause.
     assert_eq!(*got.unwrap_err(), TaskErr(7));
@@ -774,11 +708,7 @@ fn a_group_under_a_merged_context_stops_on_shutdown() {
 #[test]
 fn tasks_with_real_timers_on_tokio_and_smol() {
     // tokio: sleeps driven by tokio's timer.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    Executor::TokioCurrentThread.block_on(|_| async {
         let group = Group::<TaskErr>::new(&Context::background());
         for i in 0..20u64 {
             group.spawn(async move {
@@ -795,7 +725,7 @@ fn tasks_with_real_timers_on_tokio_and_smol() {
         for _ in 0..20 {
             let ctx = group.context().clone();
             group.spawn(async move {
-                match ctx.run(smol::Timer::after(Duration::from_secs(3600))).await {
+                match ctx.run(smol::Timer::after(HOUR)).await {
                     Ok(_) => Err(TaskErr(0)),
                     Err(e) => {
                         assert_eq!(e, Error::DeadlineExceeded);
@@ -829,7 +759,7 @@ fn a_self_waking_task_does_not_starve_futures_beside_the_group() {
     // self-wake would refill its ready list forever: the call would never
     // return and the sibling never run (a livelock; FuturesUnordered bounds
     // each poll for this reason).
-    let got = within_patience("join beside the group", || {
+    let got = watchdog("join beside the group", || {
         let flag = Arc::new(AtomicBool::new(false));
         let group = Group::<TaskErr>::new(&Context::background());
         let f = flag.clone();
@@ -853,11 +783,8 @@ fn a_self_waking_task_does_not_starve_futures_beside_the_group() {
 fn self_waking_tasks_under_a_limit_share_a_current_thread_runtime() {
     // The same on tokio's current-thread runtime, under a limit, with the
     // flag set by another task of the runtime after a few of its own polls.
-    let got = within_patience("tokio current_thread", || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+    let got = watchdog("tokio current_thread", || {
+        Executor::TokioCurrentThread.block_on(|_| async {
             let flag = Arc::new(AtomicBool::new(false));
             let mut group = Group::<TaskErr>::new(&Context::background());
             group.set_limit(2);
@@ -973,8 +900,8 @@ fn endless_chain(
 fn endless_spawning_still_lets_futures_beside_the_group_run() {
     // `join` polls the group, then the future beside it, on one thread: if
     // the group never returned `Pending`, the flag that ends the chain would
-    // never be set and this would hang (`within_patience` fails it instead).
-    let ran = within_patience("endless spawning", || {
+    // never be set and this would hang (`watchdog` fails it instead).
+    let ran = watchdog("endless spawning", || {
         let group = Group::<TaskErr>::new(&Context::background());
         let stop = Arc::new(AtomicBool::new(false));
         let ran = Arc::new(AtomicUsize::new(0));

@@ -3,8 +3,9 @@
 //!
 //! The binaries that must own their process stay apart: those that install
 //! a counting `#[global_allocator]` (`alloc_audit`, `leak`, `merge_leak`,
-//! `roots`, `stress`, `timer_leak`) and the loom models (`loom`, built only
-//! under `--cfg loom`).
+//! `roots`, `stress`, `timer_leak`), the loom models (`loom`, built only
+//! under `--cfg loom`), `cancel_guarantee`, which Miri and ThreadSanitizer
+//! run on its own, and the `tower` feature's tests (`tower_*`).
 //!
 //! Run one area with a filter on its module path, e.g.
 //! `cargo test --test all model::`.
@@ -14,6 +15,9 @@
 //! (`smol`, `tokio`, `async-std`, `proptest`, `anyhow`) are left out too:
 //! the rest of the binary uses std and `futures` only and runs there, e.g.
 //! `cargo +nightly miri test --test all grace::`.
+
+#[path = "../common/mod.rs"]
+mod common;
 
 mod after_func;
 mod bad_input;
@@ -29,6 +33,8 @@ mod executors;
 mod grace;
 #[cfg(not(ctxtree_checks))]
 mod group;
+#[cfg(not(ctxtree_checks))]
+mod group_errors;
 #[cfg(not(ctxtree_checks))]
 mod merge;
 #[cfg(not(ctxtree_checks))]

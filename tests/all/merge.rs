@@ -7,65 +7,21 @@
 //! Memory (a million merged children, nothing left on `other`) is checked
 //! with a counting allocator in `tests/merge_leak.rs`.
 
-use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{Arc, Barrier};
 use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ctxtree::{Canceller, Cause, Context, Error};
 use futures::executor::block_on;
-use futures::future::FutureExt;
-use futures::task::noop_waker;
 use proptest::prelude::*;
 
-const HOUR: Duration = Duration::from_secs(3600);
-
-/// Generous: a noisy 2-core machine.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-#[derive(Debug, PartialEq, Eq)]
-struct MyErr(usize);
-
-impl fmt::Display for MyErr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "my error {}", self.0)
-    }
-}
-
-impl std::error::Error for MyErr {}
-
-fn my_cause(n: usize) -> Cause {
-    Arc::new(MyErr(n))
-}
-
-/// The `MyErr` number carried by `ctx.cause()`, if any.
-fn cause_id(ctx: &Context) -> Option<usize> {
-    ctx.cause()
-        .and_then(|c| c.downcast_ref::<MyErr>().map(|e| e.0))
-}
-
-/// `ctx.cause()` is the `ctxtree::Error` itself.
-fn cause_is_error(ctx: &Context, err: Error) -> bool {
-    ctx.cause()
-        .is_some_and(|c| c.downcast_ref::<Error>() == Some(&err))
-}
-
-fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let waker = noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    fut.poll_unpin(&mut cx)
-}
-
-#[track_caller]
-fn assert_live(name: &str, ctx: &Context) {
-    assert!(!ctx.is_done(), "{name} ({ctx}) should be live");
-    assert_eq!(ctx.err(), None, "{name}");
-    assert!(ctx.cause().is_none(), "{name}");
-    assert!(poll_once(&mut ctx.done()).is_pending(), "{name}: done()");
-}
+use crate::common::{
+    assert_cancel_reaches_done_on_every_executor, assert_live, cause_id, cause_is_error, my_cause,
+    patience, poll_once, shrunk, watchdog, CountingWaker, HOUR,
+};
 
 #[track_caller]
 fn assert_done_with(name: &str, ctx: &Context, err: Error, cause: Option<usize>) {
@@ -80,27 +36,6 @@ fn assert_done_with(name: &str, ctx: &Context, err: Error, cause: Option<usize>)
         Poll::Ready(err),
         "{name}: done()"
     );
-}
-
-/// Runs `f` on its own thread and fails (instead of hanging the suite) if it
-/// has not finished within `PATIENCE`: a deadlock shows up as a failure.
-fn no_deadlock<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        let out = f();
-        let _ = tx.send(());
-        out
-    });
-    match rx.recv_timeout(PATIENCE) {
-        Ok(()) => handle.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Ok(_) => unreachable!("sent before returning"),
-            Err(panic) => std::panic::resume_unwind(panic),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what}: deadlocked (no result in {PATIENCE:?})")
-        }
-    }
 }
 
 /// Makes a merged child register on its second parent, as anything attached
@@ -265,7 +200,7 @@ fn other_deadline_fires_the_merged_child_with_its_cause() {
     let (b, _cb) = Context::todo().with_timeout_cause(Duration::from_millis(30), my_cause(11));
     let (m, _cm) = a.merge(&b);
     assert_eq!(m.deadline(), b.deadline());
-    assert_eq!(m.wait_timeout(PATIENCE), Some(Error::DeadlineExceeded));
+    assert_eq!(m.wait_timeout(patience()), Some(Error::DeadlineExceeded));
     assert_done_with("merged", &m, Error::DeadlineExceeded, Some(11));
     assert_live("self", &a);
 }
@@ -275,7 +210,7 @@ fn self_deadline_fires_the_merged_child() {
     let (a, _ca) = Context::background().with_timeout(Duration::from_millis(30));
     let (b, _cb) = Context::background().with_cancel();
     let (m, _cm) = a.merge(&b);
-    assert_eq!(m.wait_timeout(PATIENCE), Some(Error::DeadlineExceeded));
+    assert_eq!(m.wait_timeout(patience()), Some(Error::DeadlineExceeded));
     assert_done_with("merged", &m, Error::DeadlineExceeded, None);
     assert_live("other", &b);
 }
@@ -469,7 +404,7 @@ fn merging_two_roots_gives_a_plain_cancellable_child() {
 fn merge_with_itself_cancels_and_frees() {
     let drops = Arc::new(AtomicUsize::new(0));
     let d = drops.clone();
-    no_deadlock("merge with itself", move || {
+    watchdog("merge with itself", move || {
         let (a, cancel_a) = counted_root(&d);
         let (m, _cm) = a.merge(&a);
         assert_live("merged", &m);
@@ -490,7 +425,7 @@ fn merge_with_itself_cancels_and_frees() {
 fn merge_with_an_ancestor_cancels_and_frees() {
     let drops = Arc::new(AtomicUsize::new(0));
     let d = drops.clone();
-    no_deadlock("merge with an ancestor", move || {
+    watchdog("merge with an ancestor", move || {
         // Cancelling the ancestor reaches the merged node both down the tree
         // and through the callback: one reason, no deadlock.
         let (root, cancel_root) = counted_root(&d);
@@ -525,7 +460,7 @@ fn merge_with_an_ancestor_cancels_and_frees() {
 fn merge_with_a_descendant_cancels_and_frees() {
     let drops = Arc::new(AtomicUsize::new(0));
     let d = drops.clone();
-    no_deadlock("merge with a descendant", move || {
+    watchdog("merge with a descendant", move || {
         // The merged node is a child of `root` whose other parent is below
         // `root`: cancelling the descendant cancels it, `root` stays live.
         let (root, _cr) = counted_root(&d);
@@ -564,7 +499,7 @@ fn merge_with_a_descendant_cancels_and_frees() {
 fn two_contexts_merged_with_each_other_free_each_other() {
     let drops = Arc::new(AtomicUsize::new(0));
     let d = drops.clone();
-    no_deadlock("criss-cross merges", move || {
+    watchdog("criss-cross merges", move || {
         let (a, ca) = counted_root(&d);
         let (b, cb) = counted_root(&d);
         let (ab, cab) = a.merge(&b);
@@ -622,9 +557,11 @@ fn a_pending_done_alone_resolves_when_other_cancels() {
     let (m, cm) = a.merge(&b);
     let mut done = m.done();
     drop((m, cm));
-    assert!(poll_once(&mut done).is_pending());
+    let waker = CountingWaker::new();
+    assert!(waker.poll(&mut done).is_pending());
     cancel_b.cancel();
-    assert_eq!(poll_once(&mut done), Poll::Ready(Error::Canceled));
+    assert_eq!(waker.wakes(), 1, "woken once by other's cancel");
+    assert_eq!(waker.poll(&mut done), Poll::Ready(Error::Canceled));
 }
 
 #[test]
@@ -646,37 +583,13 @@ fn done_resolves_across_threads_when_other_cancels() {
 }
 
 #[test]
-fn done_works_on_smol_tokio_and_async_std() {
-    fn scenario() -> (Context, ctxtree::Canceller, Context) {
+fn done_works_on_every_executor() {
+    assert_cancel_reaches_done_on_every_executor(|| {
         let (a, _ca) = Context::background().with_cancel();
         let (b, cancel_b) = Context::background().with_cancel();
         let (m, _cm) = a.merge(&b);
-        (m, cancel_b, a)
-    }
-    // smol
-    let (m, cancel_b, _a) = scenario();
-    let t = thread::spawn(move || cancel_b.cancel());
-    assert_eq!(smol::block_on(m.done()), Error::Canceled);
-    t.join().unwrap();
-    // tokio, multi-threaded, awaited from a spawned task
-    let (m, cancel_b, _a) = scenario();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let got = rt.block_on(async move {
-        let task = tokio::spawn(async move { m.done().await });
-        tokio::task::spawn_blocking(move || cancel_b.cancel())
-            .await
-            .unwrap();
-        task.await.unwrap()
+        (m, cancel_b)
     });
-    assert_eq!(got, Error::Canceled);
-    // async-std
-    let (m, cancel_b, _a) = scenario();
-    let t = thread::spawn(move || cancel_b.cancel());
-    assert_eq!(async_std::task::block_on(m.done()), Error::Canceled);
-    t.join().unwrap();
 }
 
 #[test]
@@ -806,13 +719,15 @@ fn a_listener_added_to_a_merged_child_is_woken_by_other() {
     let (b, cancel_b) = Context::background().with_cancel();
     let (m, _cm) = a.merge(&b);
     let mut done = m.done();
-    assert!(poll_once(&mut done).is_pending());
+    let waker = CountingWaker::new();
+    assert!(waker.poll(&mut done).is_pending());
     let blocker = {
         let m = m.clone();
         thread::spawn(move || m.wait())
     };
     cancel_b.cancel_with_cause(my_cause(8));
-    assert_eq!(poll_once(&mut done), Poll::Ready(Error::Canceled));
+    assert_eq!(waker.wakes(), 1, "woken once by other's cancel");
+    assert_eq!(waker.poll(&mut done), Poll::Ready(Error::Canceled));
     assert_eq!(blocker.join().unwrap(), Error::Canceled);
     assert_done_with("merged", &m, Error::Canceled, Some(8));
 }
@@ -995,14 +910,9 @@ fn dropping_many_live_merged_children_of_one_other_is_not_quadratic() {
     // lock. Release build, measured: 25k 85 ms, 50k 334 ms, 100k 1.33 s,
     // 200k 5.6 s (with_cancel children: 0.9, 2, 4.5, 11 ms). The same holds
     // for `AfterFunc::stop` on many callbacks of one context.
-    /// 100_000, or 2_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
-    /// where memcheck runs the same paths some 50 times slower.
+    /// 100_000, or 2_000 under valgrind.
     fn n() -> usize {
-        if std::env::var_os("CTXTREE_VALGRIND").is_some() {
-            2_000
-        } else {
-            100_000
-        }
+        shrunk(100_000, 2_000)
     }
     let (a, _ca) = Context::background().with_cancel();
     let (b, _cb) = Context::background().with_cancel();

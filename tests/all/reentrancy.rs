@@ -2,12 +2,10 @@
 //! value's `Drop`, a task's `Waker`) calls back into the tree. None of it may
 //! deadlock, and the tree must end in the state the contract gives.
 //!
-//! Every scenario runs on its own thread; the test waits for it with a
-//! timeout, so a deadlock fails the test (naming the scenario) instead of
-//! hanging the suite.
+//! Every scenario runs under a watchdog (`common::watchdog`), so a deadlock
+//! fails the test (naming the scenario) instead of hanging the suite.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -16,47 +14,9 @@ use std::task::{Poll, Wake, Waker};
 use std::thread;
 use std::time::Duration;
 
-use ctxtree::{Cause, Context, Error};
+use ctxtree::{Context, Error};
 
-const DEADLOCK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Runs `f` on a new thread and returns its result; fails if it does not
-/// finish within `DEADLOCK_TIMEOUT`, and re-raises its panic if it panics.
-fn within<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let out = f();
-            let _ = tx.send(out);
-        })
-        .expect("spawn scenario thread");
-    match rx.recv_timeout(DEADLOCK_TIMEOUT) {
-        Ok(out) => {
-            handle.join().expect("scenario thread");
-            out
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the scenario sends before it returns"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{name}: no result within {DEADLOCK_TIMEOUT:?}: deadlock")
-        }
-    }
-}
-
-fn cause(msg: &str) -> Cause {
-    Arc::new(io::Error::other(msg.to_string()))
-}
-
-fn cause_text(ctx: &Context) -> Option<String> {
-    ctx.cause().map(|c| c.to_string())
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
+use crate::common::{cause, cause_text, counter, patience, poll_once, watchdog, HOUR};
 
 fn count(c: &Arc<AtomicUsize>) -> usize {
     c.load(Ordering::SeqCst)
@@ -78,7 +38,7 @@ impl Drop for DropFlag {
 /// (a) A callback cancels its own node again: a no-op, the first cause stays.
 #[test]
 fn callback_cancels_its_own_node() {
-    within("callback_cancels_its_own_node", || {
+    watchdog("callback_cancels_its_own_node", || {
         let (ctx, cancel) = Context::background().with_cancel();
         let ran = counter();
         let (again, r) = (cancel.clone(), ran.clone());
@@ -98,7 +58,7 @@ fn callback_cancels_its_own_node() {
 /// on async-io's thread and cancels its node there.
 #[test]
 fn callback_cancels_its_own_node_on_the_timer_thread() {
-    within("callback_cancels_its_own_node_on_the_timer_thread", || {
+    watchdog("callback_cancels_its_own_node_on_the_timer_thread", || {
         // Long enough to register the callback first, even under valgrind.
         let (ctx, cancel) = Context::background().with_timeout(Duration::from_millis(500));
         let (tx, rx) = mpsc::channel();
@@ -108,7 +68,7 @@ fn callback_cancels_its_own_node_on_the_timer_thread() {
             let _ = tx.send(thread::current().id());
         });
         let ran_on = rx
-            .recv_timeout(Duration::from_secs(10))
+            .recv_timeout(patience())
             .expect("the deadline's callback ran");
         assert_ne!(ran_on, thread::current().id());
         assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
@@ -124,7 +84,7 @@ fn callback_cancels_its_own_node_on_the_timer_thread() {
 /// cause, the child keeps its own.
 #[test]
 fn callback_cancels_its_parent() {
-    within("callback_cancels_its_parent", || {
+    watchdog("callback_cancels_its_parent", || {
         let (parent, parent_cancel) = Context::background().with_cancel();
         let (child, child_cancel) = parent.with_cancel();
         let (sibling, _sc) = parent.with_cancel();
@@ -158,7 +118,7 @@ fn callback_cancels_its_parent() {
 /// parent (live: cancelled, with its other children).
 #[test]
 fn callback_cancels_ancestors_during_their_cancel() {
-    within("callback_cancels_ancestors_during_their_cancel", || {
+    watchdog("callback_cancels_ancestors_during_their_cancel", || {
         let (top, top_cancel) = Context::background().with_cancel();
         let (uncle, _uc) = top.with_cancel();
         let (parent, parent_cancel) = top.with_cancel();
@@ -189,12 +149,12 @@ fn callback_cancels_ancestors_during_their_cancel() {
 /// stays live.
 #[test]
 fn callback_cancels_another_branch() {
-    within("callback_cancels_another_branch", || {
+    watchdog("callback_cancels_another_branch", || {
         let (parent, _pc) = Context::background().with_cancel();
         let (a, a_cancel) = parent.with_cancel();
         let (b, b_cancel) = parent.with_cancel();
         let (b1, _b1c) = b.with_value("b").with_cancel();
-        let (b2, _b2c) = b1.with_timeout(Duration::from_secs(3600));
+        let (b2, _b2c) = b1.with_timeout(HOUR);
         let b_ran = counter();
         let b2_ran = counter();
         let (x, y) = (b_ran.clone(), b2_ran.clone());
@@ -221,7 +181,7 @@ fn callback_cancels_another_branch() {
 /// linked: cancelling that node later reaches it).
 #[test]
 fn callback_derives_children() {
-    within("callback_derives_children", || {
+    watchdog("callback_derives_children", || {
         let (node, cancel) = Context::background().with_cancel();
         let (other, other_cancel) = Context::background().with_value(5u16).with_cancel();
         let out = Arc::new(Mutex::new(Vec::new()));
@@ -229,10 +189,10 @@ fn callback_derives_children() {
         let _h = node.after_func(move || {
             let mut out = o.lock().unwrap();
             out.push(n.with_cancel());
-            out.push(n.with_value(1u8).with_timeout(Duration::from_secs(3600)));
+            out.push(n.with_value(1u8).with_timeout(HOUR));
             out.push(n.with_deadline(std::time::Instant::now()));
             out.push(u.with_cancel());
-            out.push(u.with_timeout(Duration::from_secs(3600)));
+            out.push(u.with_timeout(HOUR));
         });
         cancel.cancel_with_cause(cause("node"));
         let out = std::mem::take(&mut *out.lock().unwrap());
@@ -262,13 +222,13 @@ fn callback_derives_children() {
 /// common parent later runs nothing of it.
 #[test]
 fn callback_drops_last_handles_of_a_live_subtree() {
-    within("callback_drops_last_handles_of_a_live_subtree", || {
+    watchdog("callback_drops_last_handles_of_a_live_subtree", || {
         let (parent, parent_cancel) = Context::background().with_cancel();
         let (a, a_cancel) = parent.with_cancel();
         let freed = Arc::new(AtomicBool::new(false));
         let (b, b_cancel) = parent.with_cancel();
         let b_value = b.with_value(DropFlag(freed.clone()));
-        let (b1, b1_cancel) = b_value.with_timeout(Duration::from_secs(3600));
+        let (b1, b1_cancel) = b_value.with_timeout(HOUR);
         let b_ran = counter();
         let x = b_ran.clone();
         let b_handle = b1.after_func(move || {
@@ -293,7 +253,7 @@ fn callback_drops_last_handles_of_a_live_subtree() {
 /// dropped, so its callback still runs, exactly once.
 #[test]
 fn callback_drops_last_handles_of_a_subtree_done_in_the_same_walk() {
-    within("callback_drops_subtree_done_in_the_same_walk", || {
+    watchdog("callback_drops_subtree_done_in_the_same_walk", || {
         let (parent, parent_cancel) = Context::background().with_cancel();
         let (a, _ac) = parent.with_cancel();
         let freed = Arc::new(AtomicBool::new(false));
@@ -320,7 +280,7 @@ fn callback_drops_last_handles_of_a_subtree_done_in_the_same_walk() {
 /// freed after it ran, and a value's `Drop` above it runs on that path.
 #[test]
 fn callback_owning_its_own_node_frees_it() {
-    within("callback_owning_its_own_node_frees_it", || {
+    watchdog("callback_owning_its_own_node_frees_it", || {
         let freed = Arc::new(AtomicBool::new(false));
         let (root, root_cancel) = Context::background().with_cancel();
         let valued = root.with_value(DropFlag(freed.clone()));
@@ -362,7 +322,7 @@ impl Drop for CancelOnDrop {
 /// own cancellable ancestor, while a chain below it is being dropped.
 #[test]
 fn value_drop_cancels() {
-    within("value_drop_cancels", || {
+    watchdog("value_drop_cancels", || {
         // Unrelated context.
         let (x, x_cancel) = Context::background().with_cancel();
         let v = Context::background().with_value(CancelOnDrop(x_cancel));
@@ -374,7 +334,7 @@ fn value_drop_cancels() {
         let (sibling, _sc) = a.with_cancel();
         let v = a.with_value(CancelOnDrop(a_cancel));
         let (c, c_cancel) = v.with_cancel();
-        let (d, d_cancel) = c.with_value(2u8).with_timeout(Duration::from_secs(3600));
+        let (d, d_cancel) = c.with_value(2u8).with_timeout(HOUR);
         let ran = counter();
         let r = ran.clone();
         let handle = d.after_func(move || {
@@ -399,7 +359,7 @@ fn value_drop_cancels() {
 /// the value node runs inside the walk's callbacks.
 #[test]
 fn value_drop_cancels_during_a_cancel() {
-    within("value_drop_cancels_during_a_cancel", || {
+    watchdog("value_drop_cancels_during_a_cancel", || {
         let (root, root_cancel) = Context::background().with_cancel();
         let (other, other_cancel) = Context::background().with_cancel();
         let v = root.with_value(CancelOnDrop(other_cancel));
@@ -429,7 +389,7 @@ impl Drop for DeriveOnDrop {
 /// node's own parent while the chain below is being dropped.
 #[test]
 fn value_drop_derives() {
-    within("value_drop_derives", || {
+    watchdog("value_drop_derives", || {
         let out: Derived = Arc::default();
         let (live, live_cancel) = Context::background().with_cancel();
         let (dead, dead_cancel) = Context::background().with_cancel();
@@ -468,7 +428,7 @@ fn value_drop_derives() {
 /// every level.
 #[test]
 fn value_drop_derives_along_a_chain() {
-    within("value_drop_derives_along_a_chain", || {
+    watchdog("value_drop_derives_along_a_chain", || {
         let out: Derived = Arc::default();
         let (root, root_cancel) = Context::background().with_cancel();
         let mut leaf = root.clone();
@@ -532,9 +492,7 @@ fn poll_pending(done: &mut ctxtree::Done, waker: &Waker) {
 }
 
 fn poll_ready(done: &mut ctxtree::Done) -> Error {
-    let waker = futures::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    match Pin::new(done).poll(&mut cx) {
+    match poll_once(done) {
         Poll::Ready(err) => err,
         Poll::Pending => panic!("Done still pending after its context was cancelled"),
     }
@@ -545,7 +503,7 @@ fn poll_ready(done: &mut ctxtree::Done) -> Error {
 /// that `cancel()`.
 #[test]
 fn waker_cancels_an_unrelated_context() {
-    within("waker_cancels_an_unrelated_context", || {
+    watchdog("waker_cancels_an_unrelated_context", || {
         let (ctx, cancel) = Context::background().with_cancel();
         let (other, other_cancel) = Context::background().with_cancel();
         let (other_child, _occ) = other.with_cancel();
@@ -569,7 +527,7 @@ fn waker_cancels_an_unrelated_context() {
 /// done, the child keeps its first cause.
 #[test]
 fn waker_cancels_the_parent_of_its_context() {
-    within("waker_cancels_the_parent_of_its_context", || {
+    watchdog("waker_cancels_the_parent_of_its_context", || {
         let (parent, parent_cancel) = Context::background().with_cancel();
         let (child, child_cancel) = parent.with_cancel();
         let (grandchild, _gc) = child.with_cancel();
@@ -595,7 +553,7 @@ fn waker_cancels_the_parent_of_its_context() {
 /// The waker cancels its own `Done`'s context again: a no-op.
 #[test]
 fn waker_cancels_its_own_context() {
-    within("waker_cancels_its_own_context", || {
+    watchdog("waker_cancels_its_own_context", || {
         let (ctx, cancel) = Context::background().with_cancel();
         let waker = Arc::new(CancellingWaker {
             target: cancel.clone(),
@@ -615,7 +573,7 @@ fn waker_cancels_its_own_context() {
 /// The waker runs on async-io's thread when a deadline fires.
 #[test]
 fn waker_cancels_from_the_timer_thread() {
-    within("waker_cancels_from_the_timer_thread", || {
+    watchdog("waker_cancels_from_the_timer_thread", || {
         // Long enough to poll once before it fires, even under valgrind.
         let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(500));
         let (other, other_cancel) = Context::background().with_cancel();
@@ -625,10 +583,7 @@ fn waker_cancels_from_the_timer_thread() {
         });
         let mut done = ctx.done();
         poll_pending(&mut done, &Waker::from(waker.clone()));
-        assert_eq!(
-            other.wait_timeout(Duration::from_secs(10)),
-            Some(Error::Canceled)
-        );
+        assert_eq!(other.wait_timeout(patience()), Some(Error::Canceled));
         assert_eq!(cause_text(&other).as_deref(), Some("from the waker"));
         assert_eq!(poll_ready(&mut done), Error::DeadlineExceeded);
         assert_eq!(waker.wakes.load(Ordering::SeqCst), 1);
@@ -643,7 +598,7 @@ fn waker_cancels_from_the_timer_thread() {
             a waker whose side effects drop another pending Done of the same context \
             re-enters that lock. See the report; not a SPEC contradiction as written."]
 fn waker_side_effect_drops_a_pending_done_of_the_same_context() {
-    within("waker_side_effect_drops_a_pending_done", || {
+    watchdog("waker_side_effect_drops_a_pending_done", || {
         let (ctx, cancel) = Context::background().with_cancel();
         let (other, other_cancel) = Context::background().with_cancel();
         let mut first = ctx.done();
@@ -693,7 +648,7 @@ impl Wake for InlinePollWaker {
             re-polling the woken Done inline drops its listener, which takes that lock. \
             See the report; not a SPEC contradiction as written."]
 fn waker_polls_its_done_inline() {
-    within("waker_polls_its_done_inline", || {
+    watchdog("waker_polls_its_done_inline", || {
         let (ctx, cancel) = Context::background().with_cancel();
         let waker = Arc::new(InlinePollWaker {
             done: Mutex::new(Some(ctx.done())),

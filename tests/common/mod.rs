@@ -1,11 +1,23 @@
-// Each test binary compiles this module and uses a different part of it.
-#![allow(dead_code)]
-//! Helpers shared by the test binaries that measure memory: one counting
-//! global allocator and its accessors, and the small helpers the leak tests
-//! repeated.
+// Each test binary compiles this module and uses a different part of it
+// (and of the re-exports below).
+#![allow(dead_code, unused_imports)]
+//! Helpers shared by the test binaries, so that a test that needs one finds
+//! it here instead of writing it again:
 //!
-//! A global allocator belongs to a binary, so each one that wants it still
-//! declares it:
+//! - [`timing`]: the one patience (how long a test waits for something that
+//!   must happen), the watchdogs that fail a stuck test instead of hanging
+//!   the suite, [`HOUR`], and the smaller loop counts under valgrind;
+//! - [`poll`]: polling a future by hand, with a waker that counts its
+//!   wakes;
+//! - [`exec`]: every executor the tests run on, built one way;
+//! - [`tree`]: what tests put into a tree and check about it (numbered and
+//!   message causes, drop probes, the live check);
+//! - below: one counting global allocator and its accessors, and the
+//!   helpers of the tests that measure memory.
+//!
+//! `tests/all` includes this module, and so does every binary that must
+//! own its process. A global allocator belongs to a binary, so each one
+//! that wants it still declares it:
 //!
 //! ```ignore
 //! mod common;
@@ -18,6 +30,24 @@
 //! needs: live heap bytes of the whole process (`live_bytes`), allocation
 //! calls of the whole process (`allocs`), and allocation calls of the
 //! calling thread (`thread_allocs`), which parallel tests cannot disturb.
+
+// The executors need the heavy dev-dependencies, which `--cfg
+// ctxtree_checks` (the Miri and ThreadSanitizer runs) leaves out.
+#[cfg(not(ctxtree_checks))]
+pub mod exec;
+pub mod poll;
+pub mod timing;
+pub mod tree;
+
+#[cfg(not(ctxtree_checks))]
+pub use exec::{assert_cancel_reaches_done_on_every_executor, Executor, Spawner, EXECUTORS};
+pub use poll::{done_stays_pending, poll_once, yield_once, CountingWaker};
+#[cfg(not(ctxtree_checks))]
+pub use timing::watchdog_async;
+pub use timing::{patience, shrunk, slow, valgrind, watchdog, watchdog_on_stack, HOUR};
+pub use tree::{
+    assert_live, cause, cause_id, cause_is_error, cause_text, counter, my_cause, DropProbe, MyErr,
+};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -146,20 +176,16 @@ pub fn assert_near(what: &str, baseline: isize, slack: isize) {
 }
 
 /// How many children the big leak loops make and drop: 1_000_000, or
-/// 10_000 under valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh),
-/// where memcheck runs the same paths some 50 times slower.
+/// 10_000 under valgrind.
 pub fn n() -> usize {
-    if std::env::var_os("CTXTREE_VALGRIND").is_some() {
-        10_000
-    } else {
-        1_000_000
-    }
+    shrunk(1_000_000, 10_000)
 }
 
 /// Makes async-io's reactor apply its queued timer operations: it applies
 /// them, in order, before it fires a timer inserted after them, so a timer
 /// of our own that fires proves that every deregistered timer (and the
 /// waker it held) has left the reactor's queue.
+#[cfg(not(ctxtree_checks))]
 pub fn drain_async_io() {
     smol::block_on(smol::Timer::after(Duration::from_millis(1)));
 }

@@ -25,9 +25,13 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Generous bound for anything that should happen "at once": this is a
-/// noisy 2-core machine, and valgrind may run the tests.
-pub const PROMPTLY: Duration = Duration::from_secs(10);
+// The one patience and watchdog of every test binary (tests/common):
+// generous bounds for anything that should happen "at once", since this is
+// a noisy 2-core machine and valgrind may run the tests.
+#[path = "../common/mod.rs"]
+mod common;
+
+pub use common::patience;
 
 /// The HTTP version a client speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +116,7 @@ impl Conn {
     /// Sends `req` and returns the response future, which does not borrow
     /// the connection: spawn it, or drop it to abandon the request (on
     /// HTTP/2 that resets the stream). It panics if no response comes in
-    /// [`PROMPTLY`], so that a regression fails a test rather than hangs it.
+    /// [`patience`], so that a regression fails a test rather than hangs it.
     pub async fn send(
         &mut self,
         req: Request<ReqBody>,
@@ -206,7 +210,7 @@ pub fn seen() -> (Seen, Contexts) {
 impl Contexts {
     /// The context of the next request that reached the handler.
     pub async fn next(&mut self) -> Context {
-        tokio::time::timeout(PROMPTLY, self.rx.recv())
+        tokio::time::timeout(patience(), self.rx.recv())
             .await
             .expect("a request reached the handler")
             .expect("the handler is alive")
@@ -292,16 +296,12 @@ pub fn handler(
 
 /// Awaits `fut`, boundedly: a regression fails the test, never hangs it.
 pub async fn within<F: Future>(fut: F) -> F::Output {
-    tokio::time::timeout(PROMPTLY, fut)
-        .await
-        .expect("finished in time")
+    common::watchdog_async("a bounded wait", fut).await
 }
 
 /// Waits, boundedly, for `ctx` to be done.
 pub async fn done(ctx: &Context) -> ctxtree::Error {
-    tokio::time::timeout(PROMPTLY, ctx.done())
-        .await
-        .expect("the context is done in time")
+    common::watchdog_async("the context is done", ctx.done()).await
 }
 
 /// Microseconds, parsed from the `/deadline` answer.

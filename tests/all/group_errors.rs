@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use ctxtree::{AsDynError, AsError, Cause, Context, Error, Group, GroupError, TaskError, Wait};
 use futures::executor::block_on;
 
+use crate::common::{yield_once, Executor};
+
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// An error type of the test's own, with an optional source.
@@ -49,22 +51,6 @@ impl StdError for Backend {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         self.source.as_ref().map(|e| e as _)
     }
-}
-
-/// Pending once (waking itself), then ready: orders the tasks' steps
-/// without a timer.
-async fn yield_now() {
-    let mut yielded = false;
-    futures::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
 
 /// The display strings of an error and its sources, outermost first.
@@ -104,7 +90,7 @@ where
         });
     }
     group.spawn(async move {
-        yield_now().await;
+        yield_once().await;
         Err(fail())
     });
     let result = block_on(group.wait());
@@ -256,7 +242,7 @@ where
         let finished = finished.clone();
         group.spawn(async move {
             for _ in 0..yields {
-                yield_now().await;
+                yield_once().await;
             }
             finished.lock().unwrap().push(id);
             Err(make(id))
@@ -378,10 +364,6 @@ fn a_spawner_adds_failing_anyhow_tasks_from_inside_a_task() {
 
 #[test]
 fn an_anyhow_group_runs_as_a_tokio_task() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
     let (parent, stop) = Context::background().with_cancel();
     let group = Group::new(&parent);
     let ctx = group.context().clone();
@@ -390,9 +372,13 @@ fn an_anyhow_group_runs_as_a_tokio_task() {
         Err(anyhow::anyhow!("stopped by the parent"))
     });
     // `Wait<anyhow::Error>` is `Send`: it moves to a worker thread.
-    let handle = rt.spawn(group.wait());
-    stop.cancel();
-    let err = rt.block_on(handle).unwrap().unwrap_err();
+    let err = Executor::TokioMultiThread
+        .block_on(|spawner| {
+            let handle = spawner.spawn_join(group.wait());
+            stop.cancel();
+            handle
+        })
+        .unwrap_err();
     assert_eq!(err.to_string(), "stopped by the parent");
 }
 
