@@ -60,6 +60,48 @@
 //! # }
 //! ```
 //!
+//! # Two-phase shutdown
+//!
+//! Hand the layer a context that ends a grace period *after* your shutdown
+//! signal, made with [`Context::with_grace`](crate::Context::with_grace).
+//! On the signal itself (the soft phase) stop accepting connections;
+//! requests already in flight keep running until the grace runs out (the
+//! hard phase), and then their contexts are done with the shutdown's error
+//! and cause. A handler still running then is cut off, and the layer
+//! answers for it (503 / `grpc-status` 14) unless it answers first:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//! use ctxtree::{tower::ServerLayer, Context};
+//! use http_body_util::BodyExt;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! let (shutdown, begin_shutdown) = Context::background().with_cancel(); // soft
+//! let (in_flight, _stop_now) = shutdown.with_grace(Duration::from_millis(50)); // hard
+//!
+//! let service = ServerLayer::new(in_flight).layer(service_fn(|req: http::Request<String>| async move {
+//!     let ctx = req.extensions().get::<Context>().unwrap().clone();
+//!     // A long request: it works until its context is done.
+//!     let err = ctx.done().await;
+//!     let cause = ctx.cause().unwrap();
+//!     Ok::<_, Infallible>(http::Response::new(format!("stopped: {err} ({cause})")))
+//! }));
+//!
+//! let begun = Instant::now();
+//! let cause: ctxtree::Cause = Arc::new(std::io::Error::other("shutting down"));
+//! begin_shutdown.cancel_with_cause(cause);
+//! // The accept loop watches `shutdown` and stops taking connections now ...
+//! assert!(shutdown.is_done());
+//! // ... while a request in flight runs on until the grace is over.
+//! let request = service.oneshot(http::Request::new(String::new()));
+//! let response = futures::executor::block_on(request).unwrap();
+//! assert!(begun.elapsed() >= Duration::from_millis(50));
+//! let body = futures::executor::block_on(response.into_body().collect()).unwrap();
+//! assert_eq!(body.to_bytes(), "stopped: context canceled (shutting down)");
+//! ```
+//!
 //! # With axum
 //!
 //! Add the layer to the router and take the context with the `Extension`

@@ -45,6 +45,11 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(25);
 /// [module documentation](super) for the whole story and
 /// [`ServerService`] for what each request goes through.
 ///
+/// For a two-phase shutdown, give it `shutdown.with_grace(grace)` as the
+/// server-wide context, and stop accepting on `shutdown` itself: requests
+/// in flight then get the grace to finish (see
+/// [Two-phase shutdown](super#two-phase-shutdown)).
+///
 /// Settings, all optional:
 ///
 /// * [`max_timeout`](ServerLayer::max_timeout): no request's context lives
