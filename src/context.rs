@@ -453,6 +453,42 @@ impl Context {
     /// cancel.cancel();
     /// assert_eq!(futures::executor::block_on(done), Error::Canceled);
     /// ```
+    ///
+    /// # In a loop
+    ///
+    /// A pending `Done` registers one `event-listener` listener on its first
+    /// poll, which costs about as much as deriving a child. In a `select!`
+    /// loop, make the `Done` once, outside the loop, and select on
+    /// `&mut done`: every turn after the first then polls a registered
+    /// listener, which is cheap.
+    ///
+    /// ```
+    /// use ctxtree::{Context, Error};
+    /// use futures::{channel::mpsc, executor::block_on, select, StreamExt};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let (tx, mut rx) = mpsc::unbounded::<u32>();
+    /// for n in 1..=3 {
+    ///     tx.unbounded_send(n).unwrap();
+    /// }
+    /// let sum = block_on(async {
+    ///     let mut done = ctx.done(); // once, not on every turn
+    ///     let mut sum = 0;
+    ///     loop {
+    ///         select! {
+    ///             err = &mut done => return Err(err),
+    ///             n = rx.next() => match n {
+    ///                 Some(n) => sum += n,
+    ///                 None => return Ok(sum),
+    ///             },
+    ///         }
+    ///         if sum == 6 {
+    ///             cancel.cancel(); // the next turn sees it
+    ///         }
+    ///     }
+    /// });
+    /// assert_eq!(sum, Err(Error::Canceled));
+    /// ```
     #[doc(alias = "Done")]
     pub fn done(&self) -> Done {
         Done::new(self.repr.anchor())
