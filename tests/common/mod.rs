@@ -187,5 +187,5 @@ pub fn n() -> usize {
 /// waker it held) has left the reactor's queue.
 #[cfg(not(ctxtree_checks))]
 pub fn drain_async_io() {
-    smol::block_on(smol::Timer::after(Duration::from_millis(1)));
+    async_io::block_on(async_io::Timer::after(Duration::from_millis(1)));
 }
