@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs the tests that race real threads under ThreadSanitizer: any data race
+# it reports fails the run (a report makes the test process exit non-zero;
+# nothing is suppressed).
+#
+#   scripts/tsan.sh
+#
+# What runs: the library's unit tests, tests/races.rs (every pair of
+# operations that can meet on one node) and tests/stress.rs (random
+# operations on one shared tree, timers included). They are built with
+# `--cfg ctxtree_checks`, which leaves the heavy dev-dependencies out (see
+# Cargo.toml), and with the standard library rebuilt under the sanitizer
+# (`-Zbuild-std`), so that std's own synchronisation is seen too.
+#
+# Needs rustup's nightly toolchain; installs its `rust-src` component if it
+# is missing. Target dir: target/tsan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  echo "tsan: installing rust-src for nightly"
+  rustup component add --toolchain nightly rust-src
+fi
+cargo +nightly --version
+
+# -Zbuild-std needs an explicit target: this machine's own.
+target=$(rustc +nightly -vV | sed -n 's/^host: //p')
+
+export CARGO_TARGET_DIR=target/tsan
+export RUSTFLAGS="${RUSTFLAGS:-} -Zsanitizer=thread --cfg ctxtree_checks"
+
+start=$SECONDS
+status=0
+echo "== tsan: RUSTFLAGS=\"$RUSTFLAGS\" cargo +nightly test -Zbuild-std --target $target --lib --test races --test stress"
+if cargo +nightly test -Zbuild-std --target "$target" --no-fail-fast --lib --test races --test stress; then
+  echo "== tsan: passed in $((SECONDS - start)) s"
+else
+  echo "== tsan: FAILED after $((SECONDS - start)) s: see the reports above"
+  status=1
+fi
+exit $status
