@@ -22,13 +22,16 @@
 # not CI: it takes a long while, and builds tokio, async-std and the rest
 # under Miri.
 #
-# Needs rustup; installs nightly's `miri` and `rust-src` components if
-# `cargo +nightly miri` is missing. Target dirs: target/miri and
-# target/miri-full.
+# Needs rustup; installs the nightly toolchain, or its `miri` and
+# `rust-src` components, if `cargo +nightly miri` is missing. Target dirs:
+# target/miri and target/miri-full.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! cargo +nightly miri --version >/dev/null 2>&1; then
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "miri: installing the nightly toolchain with miri and rust-src"
+  rustup toolchain install nightly --profile minimal --component miri,rust-src
+elif ! cargo +nightly miri --version >/dev/null 2>&1; then
   echo "miri: installing miri and rust-src for nightly"
   rustup component add --toolchain nightly miri rust-src
 fi

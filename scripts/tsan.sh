@@ -12,12 +12,15 @@
 # Cargo.toml), and with the standard library rebuilt under the sanitizer
 # (`-Zbuild-std`), so that std's own synchronisation is seen too.
 #
-# Needs rustup's nightly toolchain; installs its `rust-src` component if it
-# is missing. Target dir: target/tsan.
+# Needs rustup; installs the nightly toolchain, or its `rust-src`
+# component, if missing. Target dir: target/tsan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "tsan: installing the nightly toolchain with rust-src"
+  rustup toolchain install nightly --profile minimal --component rust-src
+elif ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
   echo "tsan: installing rust-src for nightly"
   rustup component add --toolchain nightly rust-src
 fi
