@@ -19,7 +19,8 @@
 //! async-io's `timerfd_create`) and ThreadSanitizer: see scripts/miri.sh
 //! and scripts/tsan.sh. Under Miri a round is slow and the interleavings
 //! come from Miri's own scheduler (one seed per run), so there are only a
-//! few rounds (4; natively 1,000). `CTXTREE_RACE_ROUNDS` sets how many.
+//! few rounds (4; natively 1,000, under valgrind 100).
+//! `CTXTREE_RACE_ROUNDS` sets how many.
 
 use std::future::Future;
 use std::io;
@@ -37,9 +38,10 @@ use futures::task::noop_waker;
 // Rounds, parties and the watchdog
 // ---------------------------------------------------------------------------
 
-/// Rounds per test: `CTXTREE_RACE_ROUNDS` if set, else 1,000, or 4 under
-/// Miri (where each seed gives other interleavings; pass the variable
-/// through with `-Zmiri-env-forward=CTXTREE_RACE_ROUNDS`).
+/// Rounds per test: `CTXTREE_RACE_ROUNDS` if set, else 1,000; 100 under
+/// valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh); 4 under Miri,
+/// where each seed gives other interleavings (pass the variable through
+/// with `-Zmiri-env-forward=CTXTREE_RACE_ROUNDS`).
 fn rounds() -> usize {
     match std::env::var("CTXTREE_RACE_ROUNDS") {
         Ok(s) => s
@@ -47,6 +49,7 @@ fn rounds() -> usize {
             .parse()
             .expect("CTXTREE_RACE_ROUNDS: a number of rounds"),
         Err(_) if cfg!(miri) => 4,
+        Err(_) if std::env::var_os("CTXTREE_VALGRIND").is_some() => 100,
         Err(_) => 1000,
     }
 }
