@@ -19,7 +19,7 @@
 //! async-io's `timerfd_create`) and ThreadSanitizer: see scripts/miri.sh
 //! and scripts/tsan.sh. Under Miri a round is slow and the interleavings
 //! come from Miri's own scheduler (one seed per run), so there are only a
-//! few rounds (4; natively 1,000, under valgrind 100).
+//! few rounds (8; natively 1,000, under valgrind 100).
 //! `CTXTREE_RACE_ROUNDS` sets how many.
 
 use std::future::Future;
@@ -39,7 +39,7 @@ use futures::task::noop_waker;
 // ---------------------------------------------------------------------------
 
 /// Rounds per test: `CTXTREE_RACE_ROUNDS` if set, else 1,000; 100 under
-/// valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh); 4 under Miri,
+/// valgrind (`CTXTREE_VALGRIND`, see scripts/valgrind.sh); 8 under Miri,
 /// where each seed gives other interleavings (pass the variable through
 /// with `-Zmiri-env-forward=CTXTREE_RACE_ROUNDS`).
 fn rounds() -> usize {
@@ -48,7 +48,7 @@ fn rounds() -> usize {
             .trim()
             .parse()
             .expect("CTXTREE_RACE_ROUNDS: a number of rounds"),
-        Err(_) if cfg!(miri) => 4,
+        Err(_) if cfg!(miri) => 8,
         Err(_) if std::env::var_os("CTXTREE_VALGRIND").is_some() => 100,
         Err(_) => 1000,
     }
