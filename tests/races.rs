@@ -154,7 +154,9 @@ fn cause(msg: &str) -> Cause {
 }
 
 /// Why `ctx` is done: its error and its cause's message; `None` while
-/// live. `err()` and `cause()` must agree on whether it is done.
+/// live. For a context no other thread can cancel at the moment (every
+/// racing thread joined): `err()` and `cause()` must agree on whether it
+/// is done.
 #[track_caller]
 fn reason(ctx: &Context) -> Option<(Error, String)> {
     let (err, cause) = (ctx.err(), ctx.cause());
@@ -162,6 +164,21 @@ fn reason(ctx: &Context) -> Option<(Error, String)> {
         err.is_some(),
         cause.is_some(),
         "{ctx}: err() {err:?} but cause() {cause:?}"
+    );
+    Some((err?, cause?.to_string()))
+}
+
+/// `reason` for a context that another thread may be cancelling right
+/// now: it may become done between the two reads, so `cause()` is read
+/// first, and once it is set `err()` must be too (done is for good).
+/// `None` unless both were seen.
+#[track_caller]
+fn reason_racing(ctx: &Context) -> Option<(Error, String)> {
+    let cause = ctx.cause();
+    let err = ctx.err();
+    assert!(
+        cause.is_none() || err.is_some(),
+        "{ctx}: cause() {cause:?} but then err() None"
     );
     Some((err?, cause?.to_string()))
 }
@@ -713,7 +730,7 @@ fn two_cancels_with_different_causes() {
             round,
             vec![
                 party(|| {
-                    let before = reason(&leaf);
+                    let before = reason_racing(&leaf);
                     let err = leaf.wait();
                     let after = reason(&leaf);
                     assert_eq!(after.as_ref().map(|r| r.0), Some(err));
