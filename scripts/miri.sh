@@ -6,16 +6,16 @@
 #   scripts/miri.sh                     # the core set: what CI runs
 #   CTXTREE_MIRI_FULL=1 scripts/miri.sh # also the broader suites (slow)
 #
-# The core set is the library's unit tests (`--lib`) and tests/races.rs,
-# built with `--cfg ctxtree_checks` so that the heavy dev-dependencies are
-# left out (see Cargo.toml). Each runs under both borrow models, with
+# The core set is the library's unit tests (`--lib`), tests/races.rs and
+# tests/cancel_guarantee.rs, built with `--cfg ctxtree_checks` so that the
+# heavy dev-dependencies are left out (see Cargo.toml). Each runs under both borrow models, with
 # `-Zmiri-strict-provenance` (no integer-to-pointer casts) and four seeds of
 # Miri's scheduler and allocator (`-Zmiri-many-seeds=0..4`, or one run per
 # `-Zmiri-seed` if this Miri lacks many-seeds).
 #
 # The full mode adds the functional suites that can run under Miri
 # (cancellation, causes, values, callbacks, merge, group, drop chains,
-# streams, reentrancy), built with every dev-dependency. It expects their
+# streams, reentrancy, grace periods), built with every dev-dependency. It expects their
 # tests that need timers, sockets or an executor's runtime to be marked
 # `#[cfg_attr(miri, ignore = "...")]` and their sizes to shrink under
 # `cfg(miri)`; a test that is not fails or crawls here. It is for people,
@@ -80,7 +80,7 @@ both_models() {
 
 export CARGO_TARGET_DIR=target/miri
 export RUSTFLAGS="$base_rustflags --cfg ctxtree_checks"
-core=(--no-fail-fast --lib --test races)
+core=(--no-fail-fast --lib --test races --test cancel_guarantee)
 
 echo
 echo "== miri: building the core set"
@@ -107,7 +107,7 @@ both_models "${core[@]}"
 if [[ "${CTXTREE_MIRI_FULL:-}" == 1 ]]; then
   export CARGO_TARGET_DIR=target/miri-full
   export RUSTFLAGS="$base_rustflags"
-  suites=(cancellation causes values after_func merge group depth stream reentrancy)
+  suites=(cancellation causes values after_func merge group depth stream reentrancy grace)
   if [[ -f tests/all/main.rs ]]; then
     # One binary, `all`, with a module per suite: pick the modules.
     targets=(--test all)

@@ -5,12 +5,17 @@
 #
 #   scripts/tsan.sh
 #
+#   CTXTREE_TSAN_FULL=1 scripts/tsan.sh   # also tests/all (slow)
+#
 # What runs: the library's unit tests, tests/races.rs (every pair of
-# operations that can meet on one node) and tests/stress.rs (random
-# operations on one shared tree, timers included). They are built with
-# `--cfg ctxtree_checks`, which leaves the heavy dev-dependencies out (see
-# Cargo.toml), and with the standard library rebuilt under the sanitizer
-# (`-Zbuild-std`), so that std's own synchronisation is seen too.
+# operations that can meet on one node), tests/cancel_guarantee.rs (racing
+# cancels of a root and its middle nodes) and tests/stress.rs (random
+# operations on one shared tree, timers included). The full mode adds
+# tests/all, without its modules that need the heavy dev-dependencies: it
+# takes a few minutes more. Everything is built with `--cfg ctxtree_checks`,
+# which leaves the heavy dev-dependencies out (see Cargo.toml), and with
+# the standard library rebuilt under the sanitizer (`-Zbuild-std`), so that
+# std's own synchronisation is seen too.
 #
 # Needs rustup; installs the nightly toolchain, or its `rust-src`
 # component, if missing. Target dir: target/tsan.
@@ -32,13 +37,16 @@ target=$(rustc +nightly -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR=target/tsan
 export RUSTFLAGS="${RUSTFLAGS:-} -Zsanitizer=thread --cfg ctxtree_checks"
 
+tests=(--lib --test races --test cancel_guarantee --test stress)
+if [[ "${CTXTREE_TSAN_FULL:-}" == 1 ]]; then tests+=(--test all); fi
+
 start=$SECONDS
 status=0
-echo "== tsan: RUSTFLAGS=\"$RUSTFLAGS\" cargo +nightly test -Zbuild-std --target $target --lib --test races --test stress"
-if cargo +nightly test -Zbuild-std --target "$target" --no-fail-fast --lib --test races --test stress; then
+echo "== tsan: RUSTFLAGS=\"$RUSTFLAGS\" cargo +nightly test -Zbuild-std --target $target ${tests[*]}"
+if cargo +nightly test -Zbuild-std --target "$target" --no-fail-fast "${tests[@]}"; then
   echo "== tsan: passed in $((SECONDS - start)) s"
 else
-  echo "== tsan: FAILED after $((SECONDS - start)) s: see the reports above"
+  echo "== tsan: FAILED after $((SECONDS - start)) s: see the reports and failures above"
   status=1
 fi
 exit $status
