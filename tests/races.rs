@@ -12,7 +12,9 @@
 //! joined, and then the outcome is asserted: every survivor is done with
 //! the reason that reached it, one reason per node, each callback ran at
 //! most once and `stop()` agrees with whether it ran, and every value hung
-//! in the tree was dropped exactly once when its last handle went.
+//! in the tree was dropped exactly once when its last handle went. Each
+//! test runs under the shared watchdog, so a lost wakeup or a deadlock
+//! fails it instead of hanging the suite.
 //!
 //! The file uses the public API and light dev-dependencies only, and no
 //! timer or deadline, so that it runs under Miri (which cannot emulate
@@ -22,20 +24,20 @@
 //! few rounds (8; natively 1,000, under valgrind 100).
 //! `CTXTREE_RACE_ROUNDS` sets how many.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier, Mutex};
-use std::task::{Context as TaskContext, Poll, Waker};
-use std::thread;
-use std::time::Duration;
+mod common;
 
-use ctxtree::{AfterFunc, Canceller, Cause, Context, Done, Error};
-use futures::task::noop_waker;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::task::Poll;
+use std::thread;
+
+use common::poll::poll_once;
+use common::timing::{shrunk, watchdog};
+use common::tree::{cause, counter, DropProbe};
+use ctxtree::{AfterFunc, Canceller, Context, Done, Error};
 
 // ---------------------------------------------------------------------------
-// Rounds, parties and the watchdog
+// Rounds and parties
 // ---------------------------------------------------------------------------
 
 /// Rounds per test: `CTXTREE_RACE_ROUNDS` if set, else 1,000; 100 under
@@ -49,8 +51,7 @@ fn rounds() -> usize {
             .parse()
             .expect("CTXTREE_RACE_ROUNDS: a number of rounds"),
         Err(_) if cfg!(miri) => 8,
-        Err(_) if std::env::var_os("CTXTREE_VALGRIND").is_some() => 100,
-        Err(_) => 1000,
+        Err(_) => shrunk(1000, 100),
     }
 }
 
@@ -103,55 +104,9 @@ fn jitter(round: usize, party: usize) {
     }
 }
 
-/// Aborts the process, with a message, if the test holding it has not
-/// finished in time: a lost wakeup or a deadlock then fails the run
-/// instead of hanging it. Natively only: Miri reports a deadlock itself,
-/// and a timer thread left behind there would only slow it down.
-struct Watchdog {
-    done: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-/// Generous: a noisy shared machine, and ThreadSanitizer runs code some
-/// 5-15 times slower.
-const PATIENCE: Duration = Duration::from_secs(300);
-
-fn watchdog(test: &'static str) -> Watchdog {
-    if cfg!(miri) {
-        return Watchdog {
-            done: None,
-            thread: None,
-        };
-    }
-    let (tx, rx) = mpsc::channel::<()>();
-    let thread = thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(PATIENCE) {
-            eprintln!("{test}: not finished after {PATIENCE:?}: a lost wakeup or a deadlock");
-            std::process::abort();
-        }
-    });
-    Watchdog {
-        done: Some(tx),
-        thread: Some(thread),
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.done.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // What the rounds observe
 // ---------------------------------------------------------------------------
-
-fn cause(msg: &str) -> Cause {
-    Arc::new(io::Error::other(msg.to_string()))
-}
 
 /// Why `ctx` is done: its error and its cause's message; `None` while
 /// live. For a context no other thread can cancel at the moment (every
@@ -186,20 +141,6 @@ fn reason_racing(ctx: &Context) -> Option<(Error, String)> {
 /// `(Canceled, msg)`: the reason a `cancel_with_cause(cause(msg))` gives.
 fn canceled(msg: &str) -> Option<(Error, String)> {
     Some((Error::Canceled, msg.to_string()))
-}
-
-/// A value that counts its drops: hung in the tree, it tells that its node
-/// (which every node below it holds) was freed, and freed once.
-struct Tracked(Arc<AtomicUsize>);
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
 }
 
 fn count(c: &AtomicUsize) -> usize {
@@ -259,10 +200,6 @@ impl Callback {
     }
 }
 
-fn poll_done(done: &mut Done, waker: &Waker) -> Poll<Error> {
-    Pin::new(done).poll(&mut TaskContext::from_waker(waker))
-}
-
 /// A live cancellable root to build on.
 fn root() -> (Context, Canceller) {
     Context::background().with_cancel()
@@ -276,18 +213,19 @@ fn root() -> (Context, Canceller) {
 /// is cancelled on another: the cancel walk meets nodes being freed.
 #[test]
 fn last_drops_of_children_vs_parent_cancel() {
-    let _w = watchdog("last_drops_of_children_vs_parent_cancel");
-    for round in 0..rounds() {
-        let (parent, cancel) = root();
-        let kids: Vec<_> = (0..3).map(|_| parent.with_cancel()).collect();
-        race(
-            round,
-            vec![party(move || drop(kids)), party(|| cancel.cancel())],
-        );
-        assert_eq!(parent.err(), Some(Error::Canceled));
-        // Derived after both sides are done: born done.
-        assert_eq!(parent.with_cancel().0.err(), Some(Error::Canceled));
-    }
+    watchdog("last_drops_of_children_vs_parent_cancel", || {
+        for round in 0..rounds() {
+            let (parent, cancel) = root();
+            let kids: Vec<_> = (0..3).map(|_| parent.with_cancel()).collect();
+            race(
+                round,
+                vec![party(move || drop(kids)), party(|| cancel.cancel())],
+            );
+            assert_eq!(parent.err(), Some(Error::Canceled));
+            // Derived after both sides are done: born done.
+            assert_eq!(parent.with_cancel().0.err(), Some(Error::Canceled));
+        }
+    });
 }
 
 /// Whole subtrees (a child, a value below it, a grandchild with a
@@ -296,34 +234,35 @@ fn last_drops_of_children_vs_parent_cancel() {
 /// and the kept one ran.
 #[test]
 fn last_drops_of_subtrees_vs_parent_cancel() {
-    let _w = watchdog("last_drops_of_subtrees_vs_parent_cancel");
-    for round in 0..rounds() {
-        let (parent, cancel) = root();
-        let drops = counter();
-        let mut dropped = Vec::new();
-        let mut callbacks = Vec::new();
-        for _ in 0..3 {
-            let (kid, kid_cancel) = parent.with_cancel();
-            let (grandkid, _) = kid.with_value(Tracked(drops.clone())).with_cancel();
-            callbacks.push(register(&grandkid));
-            dropped.push((kid, kid_cancel, grandkid));
+    watchdog("last_drops_of_subtrees_vs_parent_cancel", || {
+        for round in 0..rounds() {
+            let (parent, cancel) = root();
+            let drops = counter();
+            let mut dropped = Vec::new();
+            let mut callbacks = Vec::new();
+            for _ in 0..3 {
+                let (kid, kid_cancel) = parent.with_cancel();
+                let (grandkid, _) = kid.with_value(DropProbe(drops.clone())).with_cancel();
+                callbacks.push(register(&grandkid));
+                dropped.push((kid, kid_cancel, grandkid));
+            }
+            let (kept, _kc) = parent.with_cancel();
+            let kept_cb = register(&kept);
+            race(
+                round,
+                vec![
+                    party(move || drop(dropped)),
+                    party(|| cancel.cancel_with_cause(cause("parent"))),
+                ],
+            );
+            assert_eq!(count(&drops), 3, "every dropped value freed, once");
+            assert_eq!(reason(&kept), canceled("parent"));
+            kept_cb.assert_ran_once("the kept child's callback");
+            for (i, cb) in callbacks.iter().enumerate() {
+                cb.assert_settled(&format!("callback of dropped grandchild {i}"), None);
+            }
         }
-        let (kept, _kc) = parent.with_cancel();
-        let kept_cb = register(&kept);
-        race(
-            round,
-            vec![
-                party(move || drop(dropped)),
-                party(|| cancel.cancel_with_cause(cause("parent"))),
-            ],
-        );
-        assert_eq!(count(&drops), 3, "every dropped value freed, once");
-        assert_eq!(reason(&kept), canceled("parent"));
-        kept_cb.assert_ran_once("the kept child's callback");
-        for (i, cb) in callbacks.iter().enumerate() {
-            cb.assert_settled(&format!("callback of dropped grandchild {i}"), None);
-        }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -361,7 +300,7 @@ fn merged_drop_vs_cancel(round: usize, cancel_second: bool) {
         Attached::Nothing => {}
         Attached::Callback => callback = Some(register(&m)),
         Attached::Child => {
-            below = Some(m.with_value(Tracked(drops.clone())).with_cancel());
+            below = Some(m.with_value(DropProbe(drops.clone())).with_cancel());
         }
     }
     let (kept, _kc) = a.merge(&b);
@@ -394,20 +333,22 @@ fn merged_drop_vs_cancel(round: usize, cancel_second: bool) {
 /// cancelled: `b`'s walk reaches the merged node through its own list.
 #[test]
 fn merged_last_drop_vs_second_parent_cancel() {
-    let _w = watchdog("merged_last_drop_vs_second_parent_cancel");
-    for round in 0..rounds() {
-        merged_drop_vs_cancel(round, true);
-    }
+    watchdog("merged_last_drop_vs_second_parent_cancel", || {
+        for round in 0..rounds() {
+            merged_drop_vs_cancel(round, true);
+        }
+    });
 }
 
 /// `a.merge(&b)`'s last handles dropped while `a`, its first parent, is
 /// cancelled: the drop must also leave `b`'s list.
 #[test]
 fn merged_last_drop_vs_first_parent_cancel() {
-    let _w = watchdog("merged_last_drop_vs_first_parent_cancel");
-    for round in 0..rounds() {
-        merged_drop_vs_cancel(round, false);
-    }
+    watchdog("merged_last_drop_vs_first_parent_cancel", || {
+        for round in 0..rounds() {
+            merged_drop_vs_cancel(round, false);
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -422,78 +363,79 @@ fn merged_last_drop_vs_first_parent_cancel() {
 /// dropped pending leaves the parent's cancel unharmed.
 #[test]
 fn done_as_last_handle_vs_cancel() {
-    let _w = watchdog("done_as_last_handle_vs_cancel");
-    for round in 0..rounds() {
-        let (parent, cancel) = root();
-        let (first, _cf) = root();
-        let merged = round % 2 == 1;
-        let await_it = round % 4 < 2;
-        let pre_polled = round % 8 < 4;
-        let (node, node_cancel) = if merged {
-            first.merge(&parent)
-        } else {
-            parent.with_cancel()
-        };
-        let mut done = node.done();
-        drop((node, node_cancel));
-        let waker = noop_waker();
-        if pre_polled {
-            assert_eq!(poll_done(&mut done, &waker), Poll::Pending);
+    watchdog("done_as_last_handle_vs_cancel", || {
+        for round in 0..rounds() {
+            let (parent, cancel) = root();
+            let (first, _cf) = root();
+            let merged = round % 2 == 1;
+            let await_it = round % 4 < 2;
+            let pre_polled = round % 8 < 4;
+            let (node, node_cancel) = if merged {
+                first.merge(&parent)
+            } else {
+                parent.with_cancel()
+            };
+            let mut done = node.done();
+            drop((node, node_cancel));
+            if pre_polled {
+                assert_eq!(poll_once(&mut done), Poll::Pending);
+            }
+            let got = Mutex::new(None);
+            race(
+                round,
+                vec![
+                    party(|| {
+                        let polled = if await_it {
+                            Poll::Ready(futures::executor::block_on(&mut done))
+                        } else {
+                            poll_once(&mut done)
+                        };
+                        drop(done);
+                        *got.lock().unwrap() = Some(polled);
+                    }),
+                    party(|| cancel.cancel()),
+                ],
+            );
+            let what = format!(
+                "round {round}: merged {merged}, awaited {await_it}, pre-polled {pre_polled}"
+            );
+            let polled = got.into_inner().unwrap().expect("the poller finished");
+            if await_it {
+                assert_eq!(polled, Poll::Ready(Error::Canceled), "{what}");
+            } else if let Poll::Ready(e) = polled {
+                assert_eq!(e, Error::Canceled, "{what}");
+            }
+            assert_eq!(parent.err(), Some(Error::Canceled), "{what}");
+            assert_eq!(first.err(), None, "{what}");
         }
-        let got = Mutex::new(None);
-        race(
-            round,
-            vec![
-                party(|| {
-                    let polled = if await_it {
-                        Poll::Ready(futures::executor::block_on(&mut done))
-                    } else {
-                        poll_done(&mut done, &waker)
-                    };
-                    drop(done);
-                    *got.lock().unwrap() = Some(polled);
-                }),
-                party(|| cancel.cancel()),
-            ],
-        );
-        let what =
-            format!("round {round}: merged {merged}, awaited {await_it}, pre-polled {pre_polled}");
-        let polled = got.into_inner().unwrap().expect("the poller finished");
-        if await_it {
-            assert_eq!(polled, Poll::Ready(Error::Canceled), "{what}");
-        } else if let Poll::Ready(e) = polled {
-            assert_eq!(e, Error::Canceled, "{what}");
-        }
-        assert_eq!(parent.err(), Some(Error::Canceled), "{what}");
-        assert_eq!(first.err(), None, "{what}");
-    }
+    });
 }
 
 /// Several pending `Done`s of one node, the only handles left, dropped on
 /// several threads while the node's parent is cancelled.
 #[test]
 fn pending_dones_dropped_on_several_threads_vs_cancel() {
-    let _w = watchdog("pending_dones_dropped_on_several_threads_vs_cancel");
-    for round in 0..rounds() {
-        let (parent, cancel) = root();
-        let drops = counter();
-        let (node, node_cancel) = parent.with_value(Tracked(drops.clone())).with_cancel();
-        let waker = noop_waker();
-        let dones: Vec<Done> = (0..3)
-            .map(|_| {
-                let mut d = node.done();
-                assert_eq!(poll_done(&mut d, &waker), Poll::Pending);
-                d
-            })
-            .collect();
-        drop((node, node_cancel));
-        let mut parties: Vec<Party<'_>> =
-            dones.into_iter().map(|d| party(move || drop(d))).collect();
-        parties.push(party(|| cancel.cancel()));
-        race(round, parties);
-        assert_eq!(parent.err(), Some(Error::Canceled));
-        assert_eq!(count(&drops), 1, "the node and its value freed once");
-    }
+    watchdog("pending_dones_dropped_on_several_threads_vs_cancel", || {
+        for round in 0..rounds() {
+            let (parent, cancel) = root();
+            let drops = counter();
+            let (node, node_cancel) = parent.with_value(DropProbe(drops.clone())).with_cancel();
+            let dones: Vec<Done> = (0..3)
+                .map(|_| {
+                    let mut d = node.done();
+                    assert_eq!(poll_once(&mut d), Poll::Pending);
+                    d
+                })
+                .collect();
+            drop((node, node_cancel));
+            let mut parties: Vec<Party<'_>> =
+                dones.into_iter().map(|d| party(move || drop(d))).collect();
+            parties.push(party(|| cancel.cancel()));
+            race(round, parties);
+            assert_eq!(parent.err(), Some(Error::Canceled));
+            assert_eq!(count(&drops), 1, "the node and its value freed once");
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -507,34 +449,35 @@ fn pending_dones_dropped_on_several_threads_vs_cancel() {
 /// sibling runs exactly once.
 #[test]
 fn after_func_and_stop_vs_cancel_vs_last_drop() {
-    let _w = watchdog("after_func_and_stop_vs_cancel_vs_last_drop");
-    for round in 0..rounds() {
-        let (parent, cancel) = root();
-        let (node, node_cancel) = parent.with_cancel();
-        drop(node_cancel);
-        let early = register(&node);
-        let (sibling, _sc) = parent.with_cancel();
-        let sibling_cb = register(&sibling);
-        let mut late = None;
-        let mut stopped = None;
-        race(
-            round,
-            vec![
-                party(|| {
-                    late = Some(register(&node));
-                    drop(node);
-                }),
-                party(|| stopped = Some(early.handle.stop())),
-                party(|| cancel.cancel()),
-            ],
-        );
-        let what = format!("round {round}");
-        early.assert_settled(&format!("{what}: early callback"), stopped);
-        late.expect("registered")
-            .assert_settled(&format!("{what}: late callback"), None);
-        sibling_cb.assert_ran_once(&format!("{what}: sibling's callback"));
-        assert_eq!(sibling.err(), Some(Error::Canceled));
-    }
+    watchdog("after_func_and_stop_vs_cancel_vs_last_drop", || {
+        for round in 0..rounds() {
+            let (parent, cancel) = root();
+            let (node, node_cancel) = parent.with_cancel();
+            drop(node_cancel);
+            let early = register(&node);
+            let (sibling, _sc) = parent.with_cancel();
+            let sibling_cb = register(&sibling);
+            let mut late = None;
+            let mut stopped = None;
+            race(
+                round,
+                vec![
+                    party(|| {
+                        late = Some(register(&node));
+                        drop(node);
+                    }),
+                    party(|| stopped = Some(early.handle.stop())),
+                    party(|| cancel.cancel()),
+                ],
+            );
+            let what = format!("round {round}");
+            early.assert_settled(&format!("{what}: early callback"), stopped);
+            late.expect("registered")
+                .assert_settled(&format!("{what}: late callback"), None);
+            sibling_cb.assert_ran_once(&format!("{what}: sibling's callback"));
+            assert_eq!(sibling.err(), Some(Error::Canceled));
+        }
+    });
 }
 
 /// Callbacks registered on one live node from several threads while its
@@ -543,32 +486,33 @@ fn after_func_and_stop_vs_cancel_vs_last_drop() {
 /// after (`after_func` runs it at once).
 #[test]
 fn after_func_registrations_vs_cancel() {
-    let _w = watchdog("after_func_registrations_vs_cancel");
-    for round in 0..rounds() {
-        let (parent, cancel) = root();
-        let (node, _nc) = parent.with_cancel();
-        let slots: Vec<Mutex<Vec<Callback>>> = (0..2).map(|_| Mutex::new(Vec::new())).collect();
-        let mut parties: Vec<Party<'_>> = slots
-            .iter()
-            .map(|slot| {
-                let node = &node;
-                party(move || {
-                    for _ in 0..3 {
-                        slot.lock().unwrap().push(register(node));
-                    }
+    watchdog("after_func_registrations_vs_cancel", || {
+        for round in 0..rounds() {
+            let (parent, cancel) = root();
+            let (node, _nc) = parent.with_cancel();
+            let slots: Vec<Mutex<Vec<Callback>>> = (0..2).map(|_| Mutex::new(Vec::new())).collect();
+            let mut parties: Vec<Party<'_>> = slots
+                .iter()
+                .map(|slot| {
+                    let node = &node;
+                    party(move || {
+                        for _ in 0..3 {
+                            slot.lock().unwrap().push(register(node));
+                        }
+                    })
                 })
-            })
-            .collect();
-        parties.push(party(|| cancel.cancel()));
-        race(round, parties);
-        for (i, cb) in slots
-            .into_iter()
-            .flat_map(|s| s.into_inner().unwrap())
-            .enumerate()
-        {
-            cb.assert_ran_once(&format!("round {round}, callback {i}"));
+                .collect();
+            parties.push(party(|| cancel.cancel()));
+            race(round, parties);
+            for (i, cb) in slots
+                .into_iter()
+                .flat_map(|s| s.into_inner().unwrap())
+                .enumerate()
+            {
+                cb.assert_ran_once(&format!("round {round}, callback {i}"));
+            }
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -581,38 +525,39 @@ fn after_func_registrations_vs_cancel() {
 /// reason, shared by its child; the dropped one's value is freed once.
 #[test]
 fn sibling_drop_vs_sibling_cancel_vs_parent_cancel() {
-    let _w = watchdog("sibling_drop_vs_sibling_cancel_vs_parent_cancel");
-    for round in 0..rounds() {
-        let (parent, cancel) = root();
-        let drops = counter();
-        let (first, _c0) = parent.with_cancel();
-        let (doomed, doomed_cancel) = parent.with_cancel();
-        let doomed_below = doomed.with_value(Tracked(drops.clone())).with_cancel();
-        let doomed_cb = register(&doomed);
-        let (cancelled, cancel_sibling) = parent.with_cancel();
-        let (cancelled_child, _cc) = cancelled.with_cancel();
-        let (last, _c3) = parent.with_cancel();
-        race(
-            round,
-            vec![
-                party(move || drop((doomed, doomed_cancel, doomed_below))),
-                party(move || cancel_sibling.cancel_with_cause(cause("sibling"))),
-                party(|| cancel.cancel_with_cause(cause("parent"))),
-            ],
-        );
-        let what = format!("round {round}");
-        assert_eq!(reason(&parent), canceled("parent"), "{what}");
-        assert_eq!(reason(&first), canceled("parent"), "{what}: first");
-        assert_eq!(reason(&last), canceled("parent"), "{what}: last");
-        let theirs = reason(&cancelled);
-        assert!(
-            theirs == canceled("sibling") || theirs == canceled("parent"),
-            "{what}: cancelled sibling has {theirs:?}"
-        );
-        assert_eq!(reason(&cancelled_child), theirs, "{what}: its child");
-        assert_eq!(count(&drops), 1, "{what}: dropped sibling's value");
-        doomed_cb.assert_settled(&format!("{what}: dropped sibling's callback"), None);
-    }
+    watchdog("sibling_drop_vs_sibling_cancel_vs_parent_cancel", || {
+        for round in 0..rounds() {
+            let (parent, cancel) = root();
+            let drops = counter();
+            let (first, _c0) = parent.with_cancel();
+            let (doomed, doomed_cancel) = parent.with_cancel();
+            let doomed_below = doomed.with_value(DropProbe(drops.clone())).with_cancel();
+            let doomed_cb = register(&doomed);
+            let (cancelled, cancel_sibling) = parent.with_cancel();
+            let (cancelled_child, _cc) = cancelled.with_cancel();
+            let (last, _c3) = parent.with_cancel();
+            race(
+                round,
+                vec![
+                    party(move || drop((doomed, doomed_cancel, doomed_below))),
+                    party(move || cancel_sibling.cancel_with_cause(cause("sibling"))),
+                    party(|| cancel.cancel_with_cause(cause("parent"))),
+                ],
+            );
+            let what = format!("round {round}");
+            assert_eq!(reason(&parent), canceled("parent"), "{what}");
+            assert_eq!(reason(&first), canceled("parent"), "{what}: first");
+            assert_eq!(reason(&last), canceled("parent"), "{what}: last");
+            let theirs = reason(&cancelled);
+            assert!(
+                theirs == canceled("sibling") || theirs == canceled("parent"),
+                "{what}: cancelled sibling has {theirs:?}"
+            );
+            assert_eq!(reason(&cancelled_child), theirs, "{what}: its child");
+            assert_eq!(count(&drops), 1, "{what}: dropped sibling's value");
+            doomed_cb.assert_settled(&format!("{what}: dropped sibling's callback"), None);
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -625,34 +570,34 @@ fn sibling_drop_vs_sibling_cancel_vs_parent_cancel() {
 /// handle went last.
 #[test]
 fn clones_dropped_on_several_threads_vs_parent_cancel() {
-    let _w = watchdog("clones_dropped_on_several_threads_vs_parent_cancel");
-    let waker = noop_waker();
-    for round in 0..rounds() {
-        let (parent, cancel) = root();
-        let drops = counter();
-        let (node, node_cancel) = parent.with_value(Tracked(drops.clone())).with_cancel();
-        let cb = register(&node);
-        let mut done = node.done();
-        assert_eq!(poll_done(&mut done, &waker), Poll::Pending);
-        let mut parties: Vec<Party<'_>> = vec![
-            party(move || drop(node_cancel)),
-            party(move || drop(done)),
-            party({
-                let c = node.clone();
-                move || drop(c)
-            }),
-            party({
-                let c = node.clone();
-                move || drop(c)
-            }),
-        ];
-        parties.push(party(move || drop(node)));
-        parties.push(party(|| cancel.cancel()));
-        race(round, parties);
-        assert_eq!(parent.err(), Some(Error::Canceled));
-        assert_eq!(count(&drops), 1, "round {round}: freed once");
-        cb.assert_settled(&format!("round {round}: callback"), None);
-    }
+    watchdog("clones_dropped_on_several_threads_vs_parent_cancel", || {
+        for round in 0..rounds() {
+            let (parent, cancel) = root();
+            let drops = counter();
+            let (node, node_cancel) = parent.with_value(DropProbe(drops.clone())).with_cancel();
+            let cb = register(&node);
+            let mut done = node.done();
+            assert_eq!(poll_once(&mut done), Poll::Pending);
+            let mut parties: Vec<Party<'_>> = vec![
+                party(move || drop(node_cancel)),
+                party(move || drop(done)),
+                party({
+                    let c = node.clone();
+                    move || drop(c)
+                }),
+                party({
+                    let c = node.clone();
+                    move || drop(c)
+                }),
+            ];
+            parties.push(party(move || drop(node)));
+            parties.push(party(|| cancel.cancel()));
+            race(round, parties);
+            assert_eq!(parent.err(), Some(Error::Canceled));
+            assert_eq!(count(&drops), 1, "round {round}: freed once");
+            cb.assert_settled(&format!("round {round}: callback"), None);
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -667,37 +612,38 @@ fn clones_dropped_on_several_threads_vs_parent_cancel() {
 /// the merge partner are not.
 #[test]
 fn derive_vs_parent_cancel() {
-    let _w = watchdog("derive_vs_parent_cancel");
-    for round in 0..rounds() {
-        let (grandparent, cancel) = root();
-        let (node, _nc) = grandparent.with_cancel();
-        let (partner, _pc) = root();
-        let mut derived = Vec::new();
-        let mut detached = None;
-        race(
-            round,
-            vec![
-                party(|| {
-                    derived.push(("with_cancel", node.with_cancel().0));
-                    derived.push(("with_value", node.with_value(7u8)));
-                    derived.push(("value/with_cancel", node.with_value(7u8).with_cancel().0));
-                    derived.push(("merge", node.merge(&partner).0));
-                    derived.push(("partner.merge", partner.merge(&node).0));
-                    let (c, _) = node.with_cancel();
-                    derived.push(("child/merge", c.with_cancel().0.merge(&partner).0));
-                    detached = Some(node.without_cancel());
-                }),
-                party(|| cancel.cancel_with_cause(cause("parent"))),
-            ],
-        );
-        for (how, ctx) in &derived {
-            assert_eq!(reason(ctx), canceled("parent"), "round {round}: {how}");
+    watchdog("derive_vs_parent_cancel", || {
+        for round in 0..rounds() {
+            let (grandparent, cancel) = root();
+            let (node, _nc) = grandparent.with_cancel();
+            let (partner, _pc) = root();
+            let mut derived = Vec::new();
+            let mut detached = None;
+            race(
+                round,
+                vec![
+                    party(|| {
+                        derived.push(("with_cancel", node.with_cancel().0));
+                        derived.push(("with_value", node.with_value(7u8)));
+                        derived.push(("value/with_cancel", node.with_value(7u8).with_cancel().0));
+                        derived.push(("merge", node.merge(&partner).0));
+                        derived.push(("partner.merge", partner.merge(&node).0));
+                        let (c, _) = node.with_cancel();
+                        derived.push(("child/merge", c.with_cancel().0.merge(&partner).0));
+                        detached = Some(node.without_cancel());
+                    }),
+                    party(|| cancel.cancel_with_cause(cause("parent"))),
+                ],
+            );
+            for (how, ctx) in &derived {
+                assert_eq!(reason(ctx), canceled("parent"), "round {round}: {how}");
+            }
+            assert_eq!(reason(&partner), None, "round {round}: partner");
+            let detached = detached.expect("derived");
+            assert_eq!(reason(&detached), None, "round {round}: without_cancel");
+            assert_eq!(detached.value::<u8>(), None);
         }
-        assert_eq!(reason(&partner), None, "round {round}: partner");
-        let detached = detached.expect("derived");
-        assert_eq!(reason(&detached), None, "round {round}: without_cancel");
-        assert_eq!(detached.value::<u8>(), None);
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -713,75 +659,76 @@ fn derive_vs_parent_cancel() {
 /// merged leaf has the reason of one of its two parents.
 #[test]
 fn two_cancels_with_different_causes() {
-    let _w = watchdog("two_cancels_with_different_causes");
-    for round in 0..rounds() {
-        let same_node = round % 2 == 0;
-        let (top, cancel_top) = root();
-        let (middle, cancel_middle) = top.with_cancel();
-        let (leaf, _lc) = middle.with_cancel();
-        let (valued_leaf, _vc) = middle.with_value(1u32).with_cancel();
-        let (side, _sc) = top.with_cancel();
-        let (side_leaf, _slc) = side.with_cancel();
-        // A merged leaf: first parent `side_leaf`, second `leaf`.
-        let (merged, _mc) = side_leaf.merge(&leaf);
-        let cancel_top2 = cancel_top.clone();
-        let seen = Mutex::new(Vec::new());
-        race(
-            round,
-            vec![
-                party(|| {
-                    let before = reason_racing(&leaf);
-                    let err = leaf.wait();
-                    let after = reason(&leaf);
-                    assert_eq!(after.as_ref().map(|r| r.0), Some(err));
-                    if before.is_some() {
-                        assert_eq!(before, after, "the reason changed");
-                    }
-                    assert_eq!(reason(&leaf), after, "the reason changed");
-                    seen.lock().unwrap().push(after);
-                }),
-                party(move || cancel_top2.cancel_with_cause(cause("a"))),
-                party(move || {
-                    if same_node {
-                        cancel_top.cancel_with_cause(cause("b"));
-                    } else {
-                        cancel_middle.cancel_with_cause(cause("b"));
-                    }
-                }),
-            ],
-        );
-        let what = format!("round {round}, same node {same_node}");
-        let top_reason = reason(&top);
-        if same_node {
-            assert!(
-                top_reason == canceled("a") || top_reason == canceled("b"),
-                "{what}: top has {top_reason:?}"
+    watchdog("two_cancels_with_different_causes", || {
+        for round in 0..rounds() {
+            let same_node = round % 2 == 0;
+            let (top, cancel_top) = root();
+            let (middle, cancel_middle) = top.with_cancel();
+            let (leaf, _lc) = middle.with_cancel();
+            let (valued_leaf, _vc) = middle.with_value(1u32).with_cancel();
+            let (side, _sc) = top.with_cancel();
+            let (side_leaf, _slc) = side.with_cancel();
+            // A merged leaf: first parent `side_leaf`, second `leaf`.
+            let (merged, _mc) = side_leaf.merge(&leaf);
+            let cancel_top2 = cancel_top.clone();
+            let seen = Mutex::new(Vec::new());
+            race(
+                round,
+                vec![
+                    party(|| {
+                        let before = reason_racing(&leaf);
+                        let err = leaf.wait();
+                        let after = reason(&leaf);
+                        assert_eq!(after.as_ref().map(|r| r.0), Some(err));
+                        if before.is_some() {
+                            assert_eq!(before, after, "the reason changed");
+                        }
+                        assert_eq!(reason(&leaf), after, "the reason changed");
+                        seen.lock().unwrap().push(after);
+                    }),
+                    party(move || cancel_top2.cancel_with_cause(cause("a"))),
+                    party(move || {
+                        if same_node {
+                            cancel_top.cancel_with_cause(cause("b"));
+                        } else {
+                            cancel_middle.cancel_with_cause(cause("b"));
+                        }
+                    }),
+                ],
             );
-        } else {
-            assert_eq!(top_reason, canceled("a"), "{what}");
-        }
-        let middle_reason = reason(&middle);
-        if same_node {
-            assert_eq!(middle_reason, top_reason, "{what}: middle");
-        } else {
+            let what = format!("round {round}, same node {same_node}");
+            let top_reason = reason(&top);
+            if same_node {
+                assert!(
+                    top_reason == canceled("a") || top_reason == canceled("b"),
+                    "{what}: top has {top_reason:?}"
+                );
+            } else {
+                assert_eq!(top_reason, canceled("a"), "{what}");
+            }
+            let middle_reason = reason(&middle);
+            if same_node {
+                assert_eq!(middle_reason, top_reason, "{what}: middle");
+            } else {
+                assert!(
+                    middle_reason == canceled("b") || middle_reason == top_reason,
+                    "{what}: middle has {middle_reason:?}"
+                );
+            }
+            assert_eq!(reason(&leaf), middle_reason, "{what}: leaf");
+            assert_eq!(reason(&valued_leaf), middle_reason, "{what}: valued leaf");
+            assert_eq!(reason(&side), top_reason, "{what}: side");
+            assert_eq!(reason(&side_leaf), top_reason, "{what}: side leaf");
+            let merged_reason = reason(&merged);
             assert!(
-                middle_reason == canceled("b") || middle_reason == top_reason,
-                "{what}: middle has {middle_reason:?}"
+                merged_reason == top_reason || merged_reason == middle_reason,
+                "{what}: merged leaf has {merged_reason:?}"
+            );
+            assert_eq!(
+                seen.into_inner().unwrap(),
+                vec![middle_reason],
+                "{what}: waiter"
             );
         }
-        assert_eq!(reason(&leaf), middle_reason, "{what}: leaf");
-        assert_eq!(reason(&valued_leaf), middle_reason, "{what}: valued leaf");
-        assert_eq!(reason(&side), top_reason, "{what}: side");
-        assert_eq!(reason(&side_leaf), top_reason, "{what}: side leaf");
-        let merged_reason = reason(&merged);
-        assert!(
-            merged_reason == top_reason || merged_reason == middle_reason,
-            "{what}: merged leaf has {merged_reason:?}"
-        );
-        assert_eq!(
-            seen.into_inner().unwrap(),
-            vec![middle_reason],
-            "{what}: waiter"
-        );
-    }
+    });
 }
