@@ -2,33 +2,43 @@
 //! contexts, checked after every step against a plain model of the tree.
 //!
 //! The model is deliberately naive: a `Vec` of nodes with a parent index, a
-//! kind, the node's own deadline, its value and, for cancellable nodes, the
-//! reason it is done. Every query walks the `Vec` towards the root. After
-//! each operation, every context the test still holds is compared with the
-//! model: `is_done`, `err`, `cause`, `deadline`, both value types, the
-//! `Display` path and the state in `Debug`; every
-//! `after_func` registration has run exactly as often as the model says
-//! (once iff its node became done while alive and it was not stopped first),
-//! every held `Done` is ready exactly when the model says, and `stop()`
-//! returns `true` iff the callback had neither run nor been stopped.
+//! kind, the node's own deadline, its value, for a merged node the index of
+//! its second parent and, for cancellable nodes, the reason it is done.
+//! Every query walks the `Vec` towards the root. After each operation,
+//! every context the test still holds is compared with the model:
+//! `is_done`, `err`, `cause`, `deadline`, both value types, the `Display`
+//! path and the state in `Debug`; every `after_func` registration has run
+//! exactly as often as the model says (once iff its node became done while
+//! alive and it was not stopped first), every held `Done` is ready exactly
+//! when the model says, and `stop()` returns `true` iff the callback had
+//! neither run nor been stopped.
+//!
+//! Merged nodes (`a.merge(&b)`) are cancellable children of `a` that are
+//! also done when `b` is: the first reason to reach them wins (when both
+//! parents are already done at the merge, `a`'s, as for any child of a done
+//! parent), `deadline()` is the earlier of the two parents', values come
+//! from `a` only, and `Display` nests `b`'s path as `.Merge(…)`.
 //!
 //! Liveness is part of the model: a node lives while a `Context` handle, its
-//! `Canceller`, a `Done` made while it was live, or a live descendant keeps
-//! it; when the last goes, its pending callbacks are dropped without running
-//! (SPEC: "No leaks without cancel()"), even if an ancestor is cancelled
-//! later. SPEC names the node's own handles and a pending `Done`; that a
-//! live descendant keeps its ancestors (so cancellation can reach it), that a
-//! `Done` made on an already-done node holds only the error, and that a
-//! `Done` which resolved still holds its node until dropped, are the
-//! crate's choices where SPEC leaves room, modelled as the crate makes them.
+//! `Canceller`, a `Done` made while it was live, a live descendant, or a
+//! live merged node that has it as second parent (it holds a `Context` of
+//! it) keeps it; when the last goes, its pending callbacks are dropped
+//! without running (a forgotten cancel leaks nothing, as the crate docs
+//! promise), even if an ancestor is cancelled later. The contract names the
+//! node's own handles and a pending `Done`; that a live descendant keeps its
+//! ancestors (so cancellation can reach it), that a `Done` made on an
+//! already-done node holds only the error, and that a `Done` which resolved
+//! still holds its node until dropped, are the crate's choices where the
+//! contract leaves room, modelled as the crate makes them.
 //!
 //! Sequences are up to 60 steps: up to 30 that only grow the tree, then up
 //! to 30 of anything, so cancels meet trees that have callbacks and waiters
 //! in them. Indices count from the newest candidate, so chains are common
 //! and a shrunk failure reads "0 = the newest". The `scenario_*` tests are
 //! directed sequences, through the same checks, for corners that random
-//! sequences reach only now and then (a node kept only by a `Done` or by a
-//! child, a callback discarded with its node, equal deadlines).
+//! sequences reach only now and then (a node kept only by a `Done`, by a
+//! child or by a merge, a callback discarded with its node, equal
+//! deadlines, a merged node done through its second parent).
 //!
 //! `CTXTREE_VALGRIND=1` (scripts/valgrind.sh) shrinks the number of cases.
 
@@ -74,6 +84,8 @@ enum Op {
     WithValue(usize, u32),
     WithTag(usize, u8),
     WithoutCancel(usize),
+    /// `a.merge(&b)` of two held contexts (possibly the same one).
+    Merge(usize, usize),
     /// Cancels a held canceller, live or done.
     Cancel(usize),
     CancelWithCause(usize),
@@ -106,6 +118,7 @@ fn build_op() -> impl Strategy<Value = Op> {
         2 => (i.clone(), any::<u32>()).prop_map(|(i, v)| Op::WithValue(i, v)),
         1 => (i.clone(), any::<u8>()).prop_map(|(i, v)| Op::WithTag(i, v)),
         1 => i.clone().prop_map(Op::WithoutCancel),
+        3 => (i.clone(), i.clone()).prop_map(|(a, b)| Op::Merge(a, b)),
         4 => i.clone().prop_map(Op::AfterFunc),
         1 => i.prop_map(Op::Done),
     ]
@@ -123,6 +136,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (i.clone(), any::<u32>()).prop_map(|(i, v)| Op::WithValue(i, v)),
         1 => (i.clone(), any::<u8>()).prop_map(|(i, v)| Op::WithTag(i, v)),
         1 => i.clone().prop_map(Op::WithoutCancel),
+        2 => (i.clone(), i.clone()).prop_map(|(a, b)| Op::Merge(a, b)),
         1 => i.clone().prop_map(Op::Cancel),
         1 => i.clone().prop_map(Op::CancelWithCause),
         3 => (i.clone(), any::<bool>()).prop_map(|(i, c)| Op::CancelAncestor(i, c)),
@@ -156,6 +170,8 @@ struct ModelNode {
     own_deadline: Option<Instant>,
     value: Option<u32>,
     tag: Option<Tag>,
+    /// A merged node's second parent (the `other` of `merge`).
+    second: Option<usize>,
     /// A cancellable node's state; `None` while live.
     done: Option<Reason>,
     ctx_held: bool,
@@ -210,6 +226,7 @@ impl Harness {
                     own_deadline: None,
                     value: None,
                     tag: None,
+                    second: None,
                     done: None,
                     ctx_held: true,
                     canceller_held: false,
@@ -251,21 +268,21 @@ impl Harness {
     }
 
     /// The earliest own deadline on the path up to a root or a
-    /// `without_cancel`.
-    fn deadline(&self, mut i: usize) -> Option<Instant> {
-        let mut best: Option<Instant> = None;
-        loop {
-            let node = &self.nodes[i];
-            match node.kind {
-                Kind::Root | Kind::Detached => return best,
-                Kind::Cancel => {
-                    if let Some(d) = node.own_deadline {
-                        best = Some(best.map_or(d, |b| b.min(d)));
-                    }
-                }
-                Kind::Value => {}
-            }
-            i = node.parent.expect("only roots have no parent");
+    /// `without_cancel`; for a merged node, the earlier of its two parents'.
+    fn deadline(&self, i: usize) -> Option<Instant> {
+        let node = &self.nodes[i];
+        let parent = || node.parent.expect("only roots have no parent");
+        match node.kind {
+            Kind::Root | Kind::Detached => None,
+            Kind::Value => self.deadline(parent()),
+            Kind::Cancel => [
+                self.deadline(parent()),
+                node.own_deadline,
+                node.second.and_then(|s| self.deadline(s)),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         }
     }
 
@@ -287,27 +304,34 @@ impl Harness {
         }
     }
 
-    /// The expected `Display`: the path from the root, as Go's `String()`.
+    /// The expected `Display`: the path from the root, as Go's `String()`,
+    /// with a merged node's second parent's path nested in `.Merge(…)`.
     /// A deadline segment is `None`: it prints the time left, which moves.
-    fn display(&self, mut i: usize) -> Vec<Option<String>> {
-        let mut path = Vec::new();
-        loop {
-            let node = &self.nodes[i];
-            path.push(match node.kind {
-                Kind::Root if i == 0 => Some("context.Background".to_string()),
-                Kind::Root => Some("context.TODO".to_string()),
-                Kind::Cancel if node.own_deadline.is_some() => None,
-                Kind::Cancel => Some(".WithCancel".to_string()),
-                Kind::Value if node.value.is_some() => Some(".WithValue(u32)".to_string()),
-                Kind::Value => Some(format!(".WithValue({})", std::any::type_name::<Tag>())),
-                Kind::Detached => Some(".WithoutCancel".to_string()),
-            });
-            match node.parent {
-                Some(p) => i = p,
-                None => break,
-            }
+    fn display(&self, i: usize) -> Vec<Option<String>> {
+        let node = &self.nodes[i];
+        let mut path = match node.parent {
+            Some(p) => self.display(p),
+            None => Vec::new(),
+        };
+        match node.kind {
+            Kind::Root if i == 0 => path.push(Some("context.Background".to_string())),
+            Kind::Root => path.push(Some("context.TODO".to_string())),
+            Kind::Cancel => match node.second {
+                Some(s) => {
+                    path.push(Some(".Merge(".to_string()));
+                    path.extend(self.display(s));
+                    path.push(Some(")".to_string()));
+                }
+                None if node.own_deadline.is_some() => path.push(None),
+                None => path.push(Some(".WithCancel".to_string())),
+            },
+            Kind::Value if node.value.is_some() => path.push(Some(".WithValue(u32)".to_string())),
+            Kind::Value => path.push(Some(format!(
+                ".WithValue({})",
+                std::any::type_name::<Tag>()
+            ))),
+            Kind::Detached => path.push(Some(".WithoutCancel".to_string())),
         }
-        path.reverse();
         path
     }
 
@@ -315,8 +339,9 @@ impl Harness {
 
     /// Marks cancellable node `i` done for `reason` unless it already is,
     /// then brings every descendant in line (children have larger indices,
-    /// so one pass in index order reaches grandchildren too), and runs the
-    /// callbacks of every node that became done.
+    /// so one pass in index order reaches grandchildren too; so do merged
+    /// nodes, whose second parent is older than they are too), and runs
+    /// the callbacks of every node that became done.
     fn model_cancel(&mut self, i: usize, reason: Reason) {
         if self.nodes[i].done.is_some() {
             return;
@@ -328,7 +353,13 @@ impl Harness {
                 continue;
             }
             let parent = self.nodes[j].parent.expect("derived node");
-            if let Some(reason) = self.state(parent) {
+            let second = self.nodes[j].second;
+            // Only one cancel happens per step: if both parents of a merged
+            // node became done in it, they did with the same reason.
+            let reached = self
+                .state(parent)
+                .or_else(|| second.and_then(|s| self.state(s)));
+            if let Some(reason) = reached {
                 self.nodes[j].done = Some(reason);
                 newly.push(j);
             }
@@ -356,7 +387,9 @@ impl Harness {
                 || node.dones_held > 0
                 || child_alive[j];
             if alive[j] {
-                if let Some(p) = node.parent {
+                // A merged node holds a `Context` of its second parent
+                // (older than it, like its parent).
+                for p in [node.parent, node.second].into_iter().flatten() {
                     child_alive[p] = true;
                 }
             }
@@ -412,6 +445,7 @@ impl Harness {
             own_deadline: None,
             value: None,
             tag: None,
+            second: None,
             done: None,
             ctx_held: true,
             canceller_held: kind == Kind::Cancel,
@@ -520,6 +554,17 @@ impl Harness {
                 let p = Self::pick(&held, k).expect("roots are always held");
                 let child = self.ctx(p).without_cancel();
                 self.push_node(Self::new_node(p, Kind::Detached), child, None);
+            }
+            Op::Merge(k, o) => {
+                let p = Self::pick(&held, k).expect("roots are always held");
+                let s = Self::pick(&held, o).expect("roots are always held");
+                let (child, canceller) = self.ctx(p).merge(self.ctx(s));
+                let mut node = Self::new_node(p, Kind::Cancel);
+                node.second = Some(s);
+                // Born done if either parent is; the first parent's reason
+                // if both are.
+                node.done = self.state(p).or_else(|| self.state(s));
+                self.push_node(node, child, Some(canceller));
             }
             Op::Cancel(k) | Op::CancelWithCause(k) | Op::CancelAncestor(k, _) => {
                 let picked = if let Op::CancelAncestor(..) = op {
@@ -1119,5 +1164,91 @@ fn scenario_done_of_a_done_node_holds_nothing() {
     assert_eq!(runs(&h, 0), 0);
     assert!(h.regs[0].discarded);
     assert!(h.dones[0].resolved);
+    h.finish().unwrap();
+}
+
+/// A merged node is done when its second parent is, with that reason,
+/// passes it to its children, and keeps it when its first parent is
+/// cancelled later.
+#[test]
+fn scenario_merged_done_by_second_parent() {
+    let h = steps(&[
+        Op::WithCancel(1),      // node 2, under background
+        Op::WithCancel(2),      // node 3, under background
+        Op::Merge(1, 0),        // node 4: 2.merge(&3)
+        Op::WithCancel(0),      // node 5, under 4
+        Op::AfterFunc(0),       // registration 0, on 5
+        Op::CancelWithCause(2), // held cancellers 2, 3, 4, 5 -> 3
+        Op::CancelWithCause(3), // -> 2, too late for 4
+    ]);
+    for i in [4, 5] {
+        assert_eq!(
+            h.ctx(i).cause().unwrap().to_string(),
+            "cause #1 of node 3",
+            "node {i}"
+        );
+    }
+    assert_eq!(runs(&h, 0), 1);
+    assert!(h
+        .ctx(4)
+        .to_string()
+        .ends_with(".WithCancel.Merge(context.Background.WithCancel)"));
+    h.finish().unwrap();
+}
+
+/// A merged node holds its second parent: a node whose own handles are all
+/// gone stays in the tree while a merged node has it as second parent, so
+/// its callback still runs when its parent is cancelled.
+#[test]
+fn scenario_merge_keeps_second_parent_linked() {
+    let h = steps(&[
+        Op::WithCancel(1), // node 2
+        Op::WithCancel(0), // node 3, under 2
+        Op::AfterFunc(0),  // registration 0, on 3
+        Op::Merge(3, 0),   // node 4: background.merge(&3)
+        Op::DropBoth(1),   // 3: kept by 4 only
+        Op::Cancel(1),     // held cancellers 2, 4 -> 2
+    ]);
+    assert_eq!(runs(&h, 0), 1);
+    assert!(!h.regs[0].discarded);
+    assert_eq!(h.ctx(4).err(), Some(Error::Canceled));
+    h.finish().unwrap();
+}
+
+/// Merging two parents that are both done already: the child is born done
+/// with its first parent's reason, as any child of a done parent is, even
+/// though the second parent was done earlier.
+#[test]
+fn scenario_merge_of_two_done_parents_takes_the_first_parents_reason() {
+    let h = steps(&[
+        Op::WithCancel(1),      // node 2
+        Op::WithCancel(2),      // node 3, under background
+        Op::CancelWithCause(0), // 3: "cause #1 of node 3"
+        Op::CancelWithCause(1), // 2: "cause #2 of node 2"
+        Op::Merge(1, 0),        // node 4: 2.merge(&3), born done
+    ]);
+    assert_eq!(h.ctx(4).cause().unwrap().to_string(), "cause #2 of node 2");
+    h.finish().unwrap();
+}
+
+/// A merged node's deadline is the earlier of its parents'; a deadline
+/// below it at that same instant is no deadline of its own.
+#[test]
+fn scenario_merge_deadline_is_the_earlier() {
+    let h = steps(&[
+        Op::WithDeadline(1, At::Hour(2)), // node 2, under background
+        Op::WithDeadline(2, At::Hour(1)), // node 3, under background
+        Op::WithValue(0, 3),              // node 4, under 3
+        Op::Merge(2, 0),                  // node 5: 2.merge(&4)
+        Op::WithDeadline(0, At::Hour(1)), // node 6, under 5: equal
+    ]);
+    let d1 = h.base + HOUR + Duration::from_secs(1);
+    assert_eq!(h.ctx(5).deadline(), Some(d1));
+    assert_eq!(h.ctx(6).deadline(), Some(d1));
+    assert_eq!(h.ctx(5).value::<u32>(), None, "values come from self only");
+    assert!(h
+        .ctx(6)
+        .to_string()
+        .ends_with(".WithValue(u32)).WithCancel"));
     h.finish().unwrap();
 }
