@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ctxtree::{Context, Error};
 
-use crate::common::{cause, cause_text, counter, patience, poll_once, watchdog, HOUR};
+use crate::common::{cause, cause_text, counter, miri_or, patience, poll_once, watchdog, HOUR};
 
 fn count(c: &Arc<AtomicUsize>) -> usize {
     c.load(Ordering::SeqCst)
@@ -57,6 +57,10 @@ fn callback_cancels_its_own_node() {
 /// (a) The same, when the node is done by its deadline: the callback runs
 /// on async-io's thread and cancels its node there.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn callback_cancels_its_own_node_on_the_timer_thread() {
     watchdog("callback_cancels_its_own_node_on_the_timer_thread", || {
         // Long enough to register the callback first, even under valgrind.
@@ -148,6 +152,10 @@ fn callback_cancels_ancestors_during_their_cancel() {
 /// callbacks, is done before the outer `cancel()` returns; the common parent
 /// stays live.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn callback_cancels_another_branch() {
     watchdog("callback_cancels_another_branch", || {
         let (parent, _pc) = Context::background().with_cancel();
@@ -180,6 +188,10 @@ fn callback_cancels_another_branch() {
 /// with the node's error and cause) and from a live, unrelated node (live,
 /// linked: cancelling that node later reaches it).
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn callback_derives_children() {
     watchdog("callback_derives_children", || {
         let (node, cancel) = Context::background().with_cancel();
@@ -221,6 +233,10 @@ fn callback_derives_children() {
 /// callback is dropped unrun (`stop()` says `true`), and cancelling the
 /// common parent later runs nothing of it.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn callback_drops_last_handles_of_a_live_subtree() {
     watchdog("callback_drops_last_handles_of_a_live_subtree", || {
         let (parent, parent_cancel) = Context::background().with_cancel();
@@ -321,6 +337,10 @@ impl Drop for CancelOnDrop {
 /// A value whose `Drop` cancels: an unrelated context, and the value node's
 /// own cancellable ancestor, while a chain below it is being dropped.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn value_drop_cancels() {
     watchdog("value_drop_cancels", || {
         // Unrelated context.
@@ -432,7 +452,7 @@ fn value_drop_derives_along_a_chain() {
         let out: Derived = Arc::default();
         let (root, root_cancel) = Context::background().with_cancel();
         let mut leaf = root.clone();
-        for _ in 0..1000 {
+        for _ in 0..miri_or(1000, 100) {
             let (c, _cancel) = leaf.with_cancel();
             leaf = c.with_value(DeriveOnDrop {
                 from: c.clone(),
@@ -572,6 +592,10 @@ fn waker_cancels_its_own_context() {
 
 /// The waker runs on async-io's thread when a deadline fires.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn waker_cancels_from_the_timer_thread() {
     watchdog("waker_cancels_from_the_timer_thread", || {
         // Long enough to poll once before it fires, even under valgrind.

@@ -46,6 +46,10 @@ fn value_of_the_context_itself_is_visible() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn nearer_value_of_the_same_type_shadows_farther() {
     let outer = Context::background().with_value(UserId(1));
     let (mid, _c) = outer.with_cancel();
@@ -79,6 +83,10 @@ fn siblings_never_see_each_others_values() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn values_are_visible_through_cancel_and_deadline_children() {
     let root = Context::background().with_value(UserId(7));
     let (c1, k1) = root.with_cancel();
@@ -120,6 +128,10 @@ fn without_cancel_keeps_values() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn without_cancel_is_never_done() {
     let (parent, cancel) = Context::background().with_timeout(HOUR);
     let parent = parent.with_value(UserId(1));
@@ -148,6 +160,10 @@ fn without_cancel_is_never_done() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn without_cancel_survives_the_parents_deadline() {
     let (parent, _c) = Context::background().with_timeout(Duration::from_millis(20));
     let detached = parent.with_value(UserId(2)).without_cancel();
@@ -162,6 +178,10 @@ fn without_cancel_survives_the_parents_deadline() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn with_cancel_below_without_cancel_is_independent_of_the_original_parent() {
     let (parent, cancel) = Context::background().with_cancel();
     let (parent_timed, _pt) = parent.with_timeout(HOUR);
@@ -212,6 +232,10 @@ fn with_cancel_below_without_cancel_of_a_done_parent_is_born_live() {
 // --- the unit type ---
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn unit_value_is_none_unless_set() {
     let (c1, _k1) = Context::background().with_cancel();
     let v = c1.with_value(1u32);
@@ -326,6 +350,10 @@ fn value_lives_while_any_descendant_handle_lives() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn canceller_alone_keeps_the_value_above() {
     let drops = Arc::new(AtomicUsize::new(0));
     let (ctx, cancel) = Context::background()

@@ -44,9 +44,10 @@ pub use exec::{assert_cancel_reaches_done_on_every_executor, Executor, Spawner, 
 pub use poll::{done_stays_pending, poll_once, yield_once, CountingWaker};
 #[cfg(not(ctxtree_checks))]
 pub use timing::watchdog_async;
-pub use timing::{patience, shrunk, slow, valgrind, watchdog, watchdog_on_stack, HOUR};
+pub use timing::{miri_or, patience, shrunk, slow, valgrind, watchdog, watchdog_on_stack, HOUR};
 pub use tree::{
-    assert_live, cause, cause_id, cause_is_error, cause_text, counter, my_cause, DropProbe, MyErr,
+    assert_live, cause, cause_id, cause_is_error, cause_text, counter, hour_or_cancel, my_cause,
+    DropProbe, MyErr,
 };
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -44,6 +44,17 @@ pub fn shrunk(full: usize, under_valgrind: usize) -> usize {
     }
 }
 
+/// `native`, or `under_miri` when the tests run under Miri, which
+/// interprets every step and is some thousand times slower than a debug
+/// build: the same behaviour is checked on a smaller tree or fewer rounds.
+pub fn miri_or(native: usize, under_miri: usize) -> usize {
+    if cfg!(miri) {
+        under_miri
+    } else {
+        native
+    }
+}
+
 /// How long a test waits for something that must happen (a cancel seen on
 /// another thread, a deadline fired, a task finished) before it fails: 30 s,
 /// or 300 s when [`slow`].
