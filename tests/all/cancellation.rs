@@ -15,7 +15,7 @@ use futures::future::{FusedFuture, FutureExt};
 #[cfg(not(ctxtree_checks))]
 use crate::common::assert_cancel_reaches_done_on_every_executor;
 use crate::common::{
-    assert_live, cause_id, cause_is_error, hour_or_cancel, my_cause, patience, poll_once,
+    assert_live, cause_id, cause_is_error, hour_or_cancel, miri_or, my_cause, patience, poll_once,
     CountingWaker, HOUR,
 };
 
@@ -222,7 +222,7 @@ fn without_cancel_subtree_is_not_reached() {
 #[test]
 fn racing_cancels_on_one_node_first_cause_wins_everywhere() {
     const THREADS: usize = 8;
-    for round in 0..200 {
+    for round in 0..miri_or(200, 4) {
         let (node, cancel) = Context::background().with_cancel();
         let (child, _c1) = node.with_cancel();
         let grandchild = child.with_value(round);
@@ -409,7 +409,7 @@ fn born_done_child_runs_after_func_at_once_and_cancel_is_a_no_op() {
 
 #[test]
 fn children_derived_while_the_parent_is_cancelled_all_end_up_done() {
-    for _ in 0..50 {
+    for _ in 0..miri_or(50, 3) {
         let (parent, cancel) = Context::background().with_cancel();
         let barrier = Arc::new(Barrier::new(2));
         let deriver = {
@@ -418,7 +418,7 @@ fn children_derived_while_the_parent_is_cancelled_all_end_up_done() {
             thread::spawn(move || {
                 barrier.wait();
                 let mut kids = Vec::new();
-                for i in 0..200 {
+                for i in 0..miri_or(200, 30) {
                     let ctx = match i % 3 {
                         0 => parent.with_cancel(),
                         1 => parent.with_value(i).with_cancel(),

@@ -105,7 +105,8 @@ fn an_empty_group_resolves_ok_and_cancels_its_context() {
 fn every_task_runs_once_and_wait_returns_ok() {
     let group = Group::<TaskErr>::new(&Context::background());
     let runs = Arc::new(AtomicUsize::new(0));
-    for _ in 0..miri_or(100, 20) {
+    let tasks = miri_or(100, 20);
+    for _ in 0..tasks {
         let runs = runs.clone();
         group.spawn(async move {
             yield_once().await;
@@ -114,7 +115,7 @@ fn every_task_runs_once_and_wait_returns_ok() {
         });
     }
     assert_eq!(block_on(group.wait()), Ok(()));
-    assert_eq!(runs.load(Ordering::SeqCst), 100);
+    assert_eq!(runs.load(Ordering::SeqCst), tasks);
 }
 
 #[test]
@@ -323,7 +324,8 @@ fn at_most_limit_tasks_are_ever_in_flight() {
         let flight = Arc::new(InFlight::default());
         let mut group = Group::<TaskErr>::new(&Context::background());
         group.set_limit(limit);
-        for _ in 0..miri_or(200, 20) {
+        let tasks = miri_or(200, 20);
+        for _ in 0..tasks {
             let flight = flight.clone();
             group.spawn(async move {
                 flight.enter();
@@ -334,7 +336,7 @@ fn at_most_limit_tasks_are_ever_in_flight() {
             });
         }
         assert_eq!(block_on(group.wait()), Ok(()));
-        assert_eq!(flight.started.load(Ordering::SeqCst), 200);
+        assert_eq!(flight.started.load(Ordering::SeqCst), tasks);
         assert_eq!(
             flight.max(),
             limit,
