@@ -268,7 +268,7 @@ fn racing_cancels_on_parent_and_child_stay_consistent() {
     // Half the threads cancel the parent, half the child. The child's cause
     // is either its own or the parent's, and the child's descendants agree
     // with the child.
-    for round in 0..100 {
+    for round in 0..miri_or(100, 10) {
         let (parent, pcancel) = Context::background().with_cancel();
         let (child, ccancel) = parent.with_cancel();
         let below = child.with_value(round);

@@ -13,9 +13,9 @@ use ctxtree::{Canceller, Context, Error};
 
 use crate::common::{miri_or, patience, shrunk, watchdog_on_stack, DropProbe};
 
-/// 1_000_000, or 20_000 under valgrind, or 1_000 under Miri.
+/// 1_000_000, or 20_000 under valgrind, or 500 under Miri.
 fn depth() -> usize {
-    miri_or(shrunk(1_000_000, 20_000), 1_000)
+    miri_or(shrunk(1_000_000, 20_000), 500)
 }
 
 /// Runs `f` on a thread with a 2 MiB stack, under the watchdog, and returns
