@@ -6,7 +6,8 @@
 //!
 //! - [`timing`]: the one patience (how long a test waits for something that
 //!   must happen), the watchdogs that fail a stuck test instead of hanging
-//!   the suite, [`HOUR`], and the smaller loop counts under valgrind;
+//!   the suite, [`HOUR`], and the smaller loop counts under valgrind
+//!   ([`shrunk`]) and under Miri ([`miri_or`]);
 //! - [`poll`]: polling a future by hand, with a waker that counts its
 //!   wakes;
 //! - [`exec`]: every executor the tests run on, built one way;

@@ -1,6 +1,6 @@
 //! Time, in one place: how long a test waits before it calls something
 //! stuck, the watchdogs that fail a stuck test instead of hanging the suite,
-//! and how much smaller the loops get under valgrind.
+//! and how much smaller the loops get under valgrind and under Miri.
 //!
 //! Every bound here is an upper bound on something that must happen ("done
 //! by", "finished within"). They are generous on purpose: the machines are
