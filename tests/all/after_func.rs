@@ -430,10 +430,6 @@ fn callback_that_cancels_a_sibling_branch() {
 }
 
 #[test]
-#[cfg_attr(
-    miri,
-    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
-)]
 fn callback_that_derives_a_child_of_the_cancelled_node() {
     let (ctx, cancel) = Context::background().with_cancel();
     let (tx, rx) = mpsc::channel();

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use ctxtree::{Context, Error};
 
-use crate::common::{cause, cause_text, counter, miri_or, patience, poll_once, watchdog, HOUR};
+use crate::common::{
+    cause, cause_text, counter, hour_or_cancel, miri_or, patience, poll_once, watchdog, HOUR,
+};
 
 fn count(c: &Arc<AtomicUsize>) -> usize {
     c.load(Ordering::SeqCst)
@@ -152,17 +154,13 @@ fn callback_cancels_ancestors_during_their_cancel() {
 /// callbacks, is done before the outer `cancel()` returns; the common parent
 /// stays live.
 #[test]
-#[cfg_attr(
-    miri,
-    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
-)]
 fn callback_cancels_another_branch() {
     watchdog("callback_cancels_another_branch", || {
         let (parent, _pc) = Context::background().with_cancel();
         let (a, a_cancel) = parent.with_cancel();
         let (b, b_cancel) = parent.with_cancel();
         let (b1, _b1c) = b.with_value("b").with_cancel();
-        let (b2, _b2c) = b1.with_timeout(HOUR);
+        let (b2, _b2c) = hour_or_cancel(&b1);
         let b_ran = counter();
         let b2_ran = counter();
         let (x, y) = (b_ran.clone(), b2_ran.clone());
@@ -188,10 +186,6 @@ fn callback_cancels_another_branch() {
 /// with the node's error and cause) and from a live, unrelated node (live,
 /// linked: cancelling that node later reaches it).
 #[test]
-#[cfg_attr(
-    miri,
-    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
-)]
 fn callback_derives_children() {
     watchdog("callback_derives_children", || {
         let (node, cancel) = Context::background().with_cancel();
@@ -204,7 +198,7 @@ fn callback_derives_children() {
             out.push(n.with_value(1u8).with_timeout(HOUR));
             out.push(n.with_deadline(std::time::Instant::now()));
             out.push(u.with_cancel());
-            out.push(u.with_timeout(HOUR));
+            out.push(hour_or_cancel(&u));
         });
         cancel.cancel_with_cause(cause("node"));
         let out = std::mem::take(&mut *out.lock().unwrap());
@@ -233,10 +227,6 @@ fn callback_derives_children() {
 /// callback is dropped unrun (`stop()` says `true`), and cancelling the
 /// common parent later runs nothing of it.
 #[test]
-#[cfg_attr(
-    miri,
-    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
-)]
 fn callback_drops_last_handles_of_a_live_subtree() {
     watchdog("callback_drops_last_handles_of_a_live_subtree", || {
         let (parent, parent_cancel) = Context::background().with_cancel();
@@ -244,7 +234,7 @@ fn callback_drops_last_handles_of_a_live_subtree() {
         let freed = Arc::new(AtomicBool::new(false));
         let (b, b_cancel) = parent.with_cancel();
         let b_value = b.with_value(DropFlag(freed.clone()));
-        let (b1, b1_cancel) = b_value.with_timeout(HOUR);
+        let (b1, b1_cancel) = hour_or_cancel(&b_value);
         let b_ran = counter();
         let x = b_ran.clone();
         let b_handle = b1.after_func(move || {
@@ -337,10 +327,6 @@ impl Drop for CancelOnDrop {
 /// A value whose `Drop` cancels: an unrelated context, and the value node's
 /// own cancellable ancestor, while a chain below it is being dropped.
 #[test]
-#[cfg_attr(
-    miri,
-    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
-)]
 fn value_drop_cancels() {
     watchdog("value_drop_cancels", || {
         // Unrelated context.
@@ -354,7 +340,7 @@ fn value_drop_cancels() {
         let (sibling, _sc) = a.with_cancel();
         let v = a.with_value(CancelOnDrop(a_cancel));
         let (c, c_cancel) = v.with_cancel();
-        let (d, d_cancel) = c.with_value(2u8).with_timeout(HOUR);
+        let (d, d_cancel) = hour_or_cancel(&c.with_value(2u8));
         let ran = counter();
         let r = ran.clone();
         let handle = d.after_func(move || {
