@@ -46,6 +46,10 @@ fn error_cause(ctx: &Context) -> Option<Error> {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn cause_is_none_while_live() {
     let (ctx, _c) = Context::background().with_cancel();
     let v = ctx.with_value(1u8);
@@ -93,6 +97,10 @@ fn a_ctxtree_error_can_be_given_as_cause() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn child_cancelled_by_parent_reports_parents_cause() {
     let (parent, cancel) = Context::background().with_cancel();
     let (child, _c1) = parent.with_cancel();
@@ -136,6 +144,10 @@ fn guard_drop_reports_canceled_as_cause() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn plain_deadline_reports_deadline_exceeded_as_cause() {
     let (ctx, _c) = Context::background().with_timeout(Duration::from_millis(20));
     let (child, _cc) = ctx.with_value(1u8).with_cancel();
@@ -151,6 +163,10 @@ fn plain_deadline_reports_deadline_exceeded_as_cause() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn timeout_cause_is_reported_when_the_deadline_fires() {
     let (ctx, _c) =
         Context::background().with_timeout_cause(Duration::from_millis(20), cause("slow"));
@@ -172,6 +188,10 @@ fn timeout_cause_is_reported_when_the_deadline_fires() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn deadline_cause_is_reported_when_the_deadline_fires() {
     let (ctx, _c) = Context::background()
         .with_deadline_cause(Instant::now() + Duration::from_millis(20), cause("late"));
@@ -180,6 +200,10 @@ fn deadline_cause_is_reported_when_the_deadline_fires() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn plain_cancel_before_the_deadline_reports_canceled_not_the_deadline_cause() {
     let (ctx, cancel) = Context::background().with_timeout_cause(HOUR, cause("deadline"));
     let (child, _c) = ctx.with_cancel();
@@ -196,6 +220,10 @@ fn plain_cancel_before_the_deadline_reports_canceled_not_the_deadline_cause() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn plain_cancel_before_a_short_deadline_is_not_overwritten_when_it_passes() {
     // Far enough off that the cancel comes first even on a stalled machine.
     let deadline = Instant::now() + Duration::from_millis(300);
@@ -212,6 +240,10 @@ fn plain_cancel_before_a_short_deadline_is_not_overwritten_when_it_passes() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn cancel_with_cause_before_the_deadline_reports_its_own_cause() {
     let (ctx, cancel) = Context::background().with_timeout_cause(HOUR, cause("deadline"));
     cancel.cancel_with_cause(cause("manual"));
@@ -220,6 +252,10 @@ fn cancel_with_cause_before_the_deadline_reports_its_own_cause() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn parent_cancel_before_the_deadline_reports_the_parents_cause() {
     let (parent, cancel) = Context::background().with_cancel();
     let (ctx, _c) = parent.with_timeout_cause(HOUR, cause("deadline"));
@@ -229,6 +265,10 @@ fn parent_cancel_before_the_deadline_reports_the_parents_cause() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn parent_deadline_cause_reaches_a_child_with_its_own_later_deadline_cause() {
     let (parent, _pc) =
         Context::background().with_timeout_cause(Duration::from_millis(20), cause("outer"));

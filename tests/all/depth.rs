@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use ctxtree::{Canceller, Context, Error};
 
-use crate::common::{patience, shrunk, watchdog_on_stack, DropProbe};
+use crate::common::{miri_or, patience, shrunk, watchdog_on_stack, DropProbe};
 
-/// 1_000_000, or 20_000 under valgrind.
+/// 1_000_000, or 20_000 under valgrind, or 500 under Miri.
 fn depth() -> usize {
-    shrunk(1_000_000, 20_000)
+    miri_or(shrunk(1_000_000, 20_000), 500)
 }
 
 /// Runs `f` on a thread with a 2 MiB stack, under the watchdog, and returns
@@ -265,10 +265,10 @@ fn value_only_chain_under_a_cancel_node_is_cancelled() {
 
 #[test]
 fn display_of_a_deep_chain() {
-    const DISPLAY_DEPTH: usize = 10_000;
     on_small_stack(|| {
+        let display_depth = miri_or(10_000, 200);
         let mut leaf = Context::background();
-        for i in 0..DISPLAY_DEPTH {
+        for i in 0..display_depth {
             leaf = if i % 2 == 0 {
                 leaf.with_cancel().0
             } else {
@@ -277,8 +277,8 @@ fn display_of_a_deep_chain() {
         }
         let shown = leaf.to_string();
         let expected_len = "context.Background".len()
-            + (DISPLAY_DEPTH / 2) * ".WithCancel".len()
-            + (DISPLAY_DEPTH / 2) * ".WithValue(u32)".len();
+            + (display_depth / 2) * ".WithCancel".len()
+            + (display_depth / 2) * ".WithValue(u32)".len();
         assert_eq!(shown.len(), expected_len);
         assert!(shown.starts_with("context.Background.WithCancel.WithValue(u32).WithCancel"));
         assert!(shown.ends_with(".WithCancel.WithValue(u32)"));
@@ -298,6 +298,10 @@ impl Drop for SignalOnDrop {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn deadline_at_the_root_of_a_deep_chain_fires_on_the_timer_thread() {
     // The timer thread walks the million levels, then (most likely) drops
     // the whole chain too: the leaf's last handle is in a callback on the
@@ -393,21 +397,21 @@ fn uncancelled_chain_of_merges_dropped_from_the_leaf() {
 fn display_of_a_deep_chain_of_merges() {
     // Each level nests the one before it: `Merge(…Merge(…))`, printed
     // without recursion.
-    const DISPLAY_DEPTH: usize = 10_000;
     on_small_stack(|| {
+        let display_depth = miri_or(10_000, 200);
         let first = Context::todo();
         let mut leaf = Context::background();
-        for _ in 0..DISPLAY_DEPTH {
+        for _ in 0..display_depth {
             leaf = first.merge(&leaf).0;
         }
         let shown = leaf.to_string();
         let level = "context.TODO.Merge(";
         assert_eq!(
             shown.len(),
-            DISPLAY_DEPTH * (level.len() + 1) + "context.Background".len()
+            display_depth * (level.len() + 1) + "context.Background".len()
         );
         assert!(shown.starts_with(&level.repeat(3)));
-        assert!(shown.ends_with(&format!("context.Background{}", ")".repeat(DISPLAY_DEPTH))));
+        assert!(shown.ends_with(&format!("context.Background{}", ")".repeat(display_depth))));
         drop(leaf);
     });
 }

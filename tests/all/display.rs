@@ -77,6 +77,10 @@ fn display_nested() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn display_with_deadline() {
     let (ctx, _k) = Context::background().with_deadline(Instant::now() + HOUR);
     let s = ctx.to_string();
@@ -120,6 +124,10 @@ fn assert_one_deadline_then(s: &str, rest: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn later_deadline_than_the_parents_degrades_to_with_cancel() {
     let (parent, _k) = Context::background().with_timeout(HOUR);
     let parent_deadline = parent.deadline().expect("parent has a deadline");
@@ -199,6 +207,10 @@ fn debug_shows_canceled() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn debug_shows_deadline_exceeded() {
     // Long enough that the first Debug sees it live even under valgrind.
     let (ctx, _k) = Context::background().with_timeout(Duration::from_millis(500));
@@ -302,6 +314,10 @@ fn blocked(ctx: &Context) -> io::Result<u32> {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn question_mark_from_run_in_an_io_result_fn() {
     let (ctx, cancel) = Context::background().with_cancel();
     assert_eq!(work(&ctx).unwrap(), 42);

@@ -13,15 +13,28 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::thread;
+#[cfg(not(ctxtree_checks))]
 use std::time::Duration;
 
 use ctxtree::{Context, Error, Group};
 use futures::channel::oneshot;
 use futures::executor::block_on;
 
-use crate::common::{
-    patience, poll_once, shrunk, watchdog, yield_once, CountingWaker, Executor, HOUR,
-};
+#[cfg(not(ctxtree_checks))]
+use crate::common::shrunk;
+use crate::common::{miri_or, patience, poll_once, watchdog, yield_once, CountingWaker};
+#[cfg(not(ctxtree_checks))]
+use crate::common::{Executor, HOUR};
+
+// Two tests need only some executor and some yield. They use smol's
+// natively; under `--cfg ctxtree_checks` (Miri, ThreadSanitizer), which
+// leaves smol out, `futures`' executor and the tests' own yield.
+#[cfg(ctxtree_checks)]
+use crate::common::yield_once as yield_now;
+#[cfg(ctxtree_checks)]
+use futures::executor::block_on as any_block_on;
+#[cfg(not(ctxtree_checks))]
+use smol::{block_on as any_block_on, future::yield_now};
 
 /// The tasks' error type: not `Clone`, so the group must share it.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,7 +105,8 @@ fn an_empty_group_resolves_ok_and_cancels_its_context() {
 fn every_task_runs_once_and_wait_returns_ok() {
     let group = Group::<TaskErr>::new(&Context::background());
     let runs = Arc::new(AtomicUsize::new(0));
-    for _ in 0..100 {
+    let tasks = miri_or(100, 20);
+    for _ in 0..tasks {
         let runs = runs.clone();
         group.spawn(async move {
             yield_once().await;
@@ -101,7 +115,7 @@ fn every_task_runs_once_and_wait_returns_ok() {
         });
     }
     assert_eq!(block_on(group.wait()), Ok(()));
-    assert_eq!(runs.load(Ordering::SeqCst), 100);
+    assert_eq!(runs.load(Ordering::SeqCst), tasks);
 }
 
 #[test]
@@ -310,7 +324,8 @@ fn at_most_limit_tasks_are_ever_in_flight() {
         let flight = Arc::new(InFlight::default());
         let mut group = Group::<TaskErr>::new(&Context::background());
         group.set_limit(limit);
-        for _ in 0..200 {
+        let tasks = miri_or(200, 20);
+        for _ in 0..tasks {
             let flight = flight.clone();
             group.spawn(async move {
                 flight.enter();
@@ -321,7 +336,7 @@ fn at_most_limit_tasks_are_ever_in_flight() {
             });
         }
         assert_eq!(block_on(group.wait()), Ok(()));
-        assert_eq!(flight.started.load(Ordering::SeqCst), 200);
+        assert_eq!(flight.started.load(Ordering::SeqCst), tasks);
         assert_eq!(
             flight.max(),
             limit,
@@ -351,6 +366,7 @@ fn a_limit_of_zero_is_taken_as_one() {
 
 /// The scenario: 10,000 tasks under a limit of 64, one fails.
 /// Returns nothing; asserts everything.
+#[cfg(not(ctxtree_checks))]
 async fn ten_thousand_under_64_one_fails<Y, F>(yield_now: Y)
 where
     Y: Fn() -> F + Send + Sync + 'static,
@@ -413,6 +429,7 @@ where
 }
 
 #[test]
+#[cfg(not(ctxtree_checks))]
 fn ten_thousand_tasks_limit_64_one_fails_on_futures_executor() {
     watchdog("futures::executor", || {
         Executor::FuturesThreadPool.block_on(|_| ten_thousand_under_64_one_fails(yield_once))
@@ -420,6 +437,7 @@ fn ten_thousand_tasks_limit_64_one_fails_on_futures_executor() {
 }
 
 #[test]
+#[cfg(not(ctxtree_checks))]
 fn ten_thousand_tasks_limit_64_one_fails_on_smol() {
     watchdog("smol", || {
         Executor::Smol.block_on(|_| {
@@ -435,6 +453,7 @@ fn ten_thousand_tasks_limit_64_one_fails_on_smol() {
 }
 
 #[test]
+#[cfg(not(ctxtree_checks))]
 fn ten_thousand_tasks_limit_64_one_fails_on_tokio() {
     // Awaited inside a spawned task, which may move between workers.
     watchdog("tokio", || {
@@ -443,6 +462,7 @@ fn ten_thousand_tasks_limit_64_one_fails_on_tokio() {
 }
 
 #[test]
+#[cfg(not(ctxtree_checks))]
 fn ten_thousand_tasks_limit_64_one_fails_on_async_std() {
     watchdog("async-std", || {
         Executor::AsyncStd.block_on(|_| ten_thousand_under_64_one_fails(yield_once))
@@ -450,6 +470,7 @@ fn ten_thousand_tasks_limit_64_one_fails_on_async_std() {
 }
 
 #[test]
+#[cfg(not(ctxtree_checks))]
 fn ten_thousand_tasks_limit_64_one_fails_on_a_thread_pool() {
     watchdog("futures ThreadPool", || {
         Executor::FuturesThreadPool.run(ten_thousand_under_64_one_fails(yield_once))
@@ -473,13 +494,19 @@ fn tasks_add_tasks_while_the_group_runs() {
             Ok(())
         });
     }
+    // 1,023 tasks natively, 127 under Miri.
+    let depth = miri_or(9, 6) as u32;
     for limit in [usize::MAX, 4] {
         let mut group = Group::<TaskErr>::new(&Context::background());
         group.set_limit(limit);
         let count = Arc::new(AtomicUsize::new(0));
-        tree(group.spawner(), 9, count.clone());
+        tree(group.spawner(), depth, count.clone());
         assert_eq!(block_on(group.wait()), Ok(()));
-        assert_eq!(count.load(Ordering::SeqCst), (1 << 10) - 1, "limit {limit}");
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            (1 << (depth + 1)) - 1,
+            "limit {limit}"
+        );
     }
 }
 
@@ -593,6 +620,7 @@ fn a_panic_resumes_out_of_wait_after_the_context_is_cancelled() {
 }
 
 #[test]
+#[cfg(not(ctxtree_checks))]
 fn a_panic_on_tokio_surfaces_as_a_panicked_join_and_cancels_the_group() {
     Executor::TokioMultiThread.block_on(|_| async {
         let group = Group::<TaskErr>::new(&Context::background());
@@ -697,7 +725,7 @@ fn a_group_under_a_merged_context_stops_on_shutdown() {
         begin_shutdown.cancel();
     });
     let gctx = group.context().clone();
-    let got = watchdog("merged shutdown", move || smol::block_on(group.wait()));
+    let got = watchdog("merged shutdown", move || any_block_on(group.wait()));
     t.join().unwrap();
     // The shutdown came first: its reason is the group context's cause.
     assert_eq!(*got.unwrap_err(), TaskErr(7));
@@ -706,6 +734,7 @@ fn a_group_under_a_merged_context_stops_on_shutdown() {
 }
 
 #[test]
+#[cfg(not(ctxtree_checks))]
 fn tasks_with_real_timers_on_tokio_and_smol() {
     // tokio: sleeps driven by tokio's timer.
     Executor::TokioCurrentThread.block_on(|_| async {
@@ -765,7 +794,7 @@ fn a_self_waking_task_does_not_starve_futures_beside_the_group() {
         let f = flag.clone();
         group.spawn(async move {
             while !f.load(Ordering::SeqCst) {
-                smol::future::yield_now().await;
+                yield_now().await;
             }
             Ok(())
         });
@@ -780,6 +809,7 @@ fn a_self_waking_task_does_not_starve_futures_beside_the_group() {
 }
 
 #[test]
+#[cfg(not(ctxtree_checks))]
 fn self_waking_tasks_under_a_limit_share_a_current_thread_runtime() {
     // The same on tokio's current-thread runtime, under a limit, with the
     // flag set by another task of the runtime after a few of its own polls.

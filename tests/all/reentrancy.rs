@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use ctxtree::{Context, Error};
 
-use crate::common::{cause, cause_text, counter, patience, poll_once, watchdog, HOUR};
+use crate::common::{
+    cause, cause_text, counter, hour_or_cancel, miri_or, patience, poll_once, watchdog, HOUR,
+};
 
 fn count(c: &Arc<AtomicUsize>) -> usize {
     c.load(Ordering::SeqCst)
@@ -57,6 +59,10 @@ fn callback_cancels_its_own_node() {
 /// (a) The same, when the node is done by its deadline: the callback runs
 /// on async-io's thread and cancels its node there.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn callback_cancels_its_own_node_on_the_timer_thread() {
     watchdog("callback_cancels_its_own_node_on_the_timer_thread", || {
         // Long enough to register the callback first, even under valgrind.
@@ -154,7 +160,7 @@ fn callback_cancels_another_branch() {
         let (a, a_cancel) = parent.with_cancel();
         let (b, b_cancel) = parent.with_cancel();
         let (b1, _b1c) = b.with_value("b").with_cancel();
-        let (b2, _b2c) = b1.with_timeout(HOUR);
+        let (b2, _b2c) = hour_or_cancel(&b1);
         let b_ran = counter();
         let b2_ran = counter();
         let (x, y) = (b_ran.clone(), b2_ran.clone());
@@ -192,7 +198,7 @@ fn callback_derives_children() {
             out.push(n.with_value(1u8).with_timeout(HOUR));
             out.push(n.with_deadline(std::time::Instant::now()));
             out.push(u.with_cancel());
-            out.push(u.with_timeout(HOUR));
+            out.push(hour_or_cancel(&u));
         });
         cancel.cancel_with_cause(cause("node"));
         let out = std::mem::take(&mut *out.lock().unwrap());
@@ -228,7 +234,7 @@ fn callback_drops_last_handles_of_a_live_subtree() {
         let freed = Arc::new(AtomicBool::new(false));
         let (b, b_cancel) = parent.with_cancel();
         let b_value = b.with_value(DropFlag(freed.clone()));
-        let (b1, b1_cancel) = b_value.with_timeout(HOUR);
+        let (b1, b1_cancel) = hour_or_cancel(&b_value);
         let b_ran = counter();
         let x = b_ran.clone();
         let b_handle = b1.after_func(move || {
@@ -334,7 +340,7 @@ fn value_drop_cancels() {
         let (sibling, _sc) = a.with_cancel();
         let v = a.with_value(CancelOnDrop(a_cancel));
         let (c, c_cancel) = v.with_cancel();
-        let (d, d_cancel) = c.with_value(2u8).with_timeout(HOUR);
+        let (d, d_cancel) = hour_or_cancel(&c.with_value(2u8));
         let ran = counter();
         let r = ran.clone();
         let handle = d.after_func(move || {
@@ -432,7 +438,8 @@ fn value_drop_derives_along_a_chain() {
         let out: Derived = Arc::default();
         let (root, root_cancel) = Context::background().with_cancel();
         let mut leaf = root.clone();
-        for _ in 0..1000 {
+        let depth = miri_or(1000, 100);
+        for _ in 0..depth {
             let (c, _cancel) = leaf.with_cancel();
             leaf = c.with_value(DeriveOnDrop {
                 from: c.clone(),
@@ -460,7 +467,7 @@ fn value_drop_derives_along_a_chain() {
             assert_eq!(derived[0].0.err(), Some(Error::Canceled));
             levels += 1;
         }
-        assert_eq!(levels, 1000);
+        assert_eq!(levels, depth);
     });
 }
 
@@ -572,6 +579,10 @@ fn waker_cancels_its_own_context() {
 
 /// The waker runs on async-io's thread when a deadline fires.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn waker_cancels_from_the_timer_thread() {
     watchdog("waker_cancels_from_the_timer_thread", || {
         // Long enough to poll once before it fires, even under valgrind.

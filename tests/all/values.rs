@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ctxtree::{Context, Error};
 use futures::future::FutureExt;
 
-use crate::common::{done_stays_pending, patience, CountingWaker, HOUR};
+use crate::common::{done_stays_pending, miri_or, patience, CountingWaker, HOUR};
 
 #[derive(Debug, PartialEq, Eq)]
 struct UserId(u64);
@@ -46,6 +46,10 @@ fn value_of_the_context_itself_is_visible() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn nearer_value_of_the_same_type_shadows_farther() {
     let outer = Context::background().with_value(UserId(1));
     let (mid, _c) = outer.with_cancel();
@@ -79,6 +83,10 @@ fn siblings_never_see_each_others_values() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn values_are_visible_through_cancel_and_deadline_children() {
     let root = Context::background().with_value(UserId(7));
     let (c1, k1) = root.with_cancel();
@@ -120,6 +128,10 @@ fn without_cancel_keeps_values() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn without_cancel_is_never_done() {
     let (parent, cancel) = Context::background().with_timeout(HOUR);
     let parent = parent.with_value(UserId(1));
@@ -148,6 +160,10 @@ fn without_cancel_is_never_done() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn without_cancel_survives_the_parents_deadline() {
     let (parent, _c) = Context::background().with_timeout(Duration::from_millis(20));
     let detached = parent.with_value(UserId(2)).without_cancel();
@@ -162,6 +178,10 @@ fn without_cancel_survives_the_parents_deadline() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn with_cancel_below_without_cancel_is_independent_of_the_original_parent() {
     let (parent, cancel) = Context::background().with_cancel();
     let (parent_timed, _pt) = parent.with_timeout(HOUR);
@@ -212,6 +232,10 @@ fn with_cancel_below_without_cancel_of_a_done_parent_is_born_live() {
 // --- the unit type ---
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn unit_value_is_none_unless_set() {
     let (c1, _k1) = Context::background().with_cancel();
     let v = c1.with_value(1u32);
@@ -251,14 +275,17 @@ fn large_values() {
     let mut big = Box::new([0u8; 1 << 16]);
     big[0] = 1;
     big[(1 << 16) - 1] = 2;
-    let mb: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 251) as u8).collect();
+    // A megabyte natively; under Miri, which interprets each byte's step,
+    // 4 KiB (the `Box` above keeps its 64 KiB).
+    let len = miri_or(1 << 20, 1 << 12);
+    let mb: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     let ctx = Context::background().with_value(big).with_value(mb);
     let (child, _c) = ctx.with_cancel();
     let b = child.value::<Box<[u8; 1 << 16]>>().expect("boxed array");
     assert_eq!(b[0], 1);
     assert_eq!(b[(1 << 16) - 1], 2);
     let v = child.value::<Vec<u8>>().expect("vec");
-    assert_eq!(v.len(), 1 << 20);
+    assert_eq!(v.len(), len);
     assert!(v.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8));
 }
 
@@ -326,6 +353,10 @@ fn value_lives_while_any_descendant_handle_lives() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a future deadline registers an async-io timer, and Miri cannot emulate timerfd_create"
+)]
 fn canceller_alone_keeps_the_value_above() {
     let drops = Arc::new(AtomicUsize::new(0));
     let (ctx, cancel) = Context::background()

@@ -6,7 +6,8 @@
 //!
 //! - [`timing`]: the one patience (how long a test waits for something that
 //!   must happen), the watchdogs that fail a stuck test instead of hanging
-//!   the suite, [`HOUR`], and the smaller loop counts under valgrind;
+//!   the suite, [`HOUR`], and the smaller loop counts under valgrind
+//!   ([`shrunk`]) and under Miri ([`miri_or`]);
 //! - [`poll`]: polling a future by hand, with a waker that counts its
 //!   wakes;
 //! - [`exec`]: every executor the tests run on, built one way;
@@ -44,9 +45,10 @@ pub use exec::{assert_cancel_reaches_done_on_every_executor, Executor, Spawner, 
 pub use poll::{done_stays_pending, poll_once, yield_once, CountingWaker};
 #[cfg(not(ctxtree_checks))]
 pub use timing::watchdog_async;
-pub use timing::{patience, shrunk, slow, valgrind, watchdog, watchdog_on_stack, HOUR};
+pub use timing::{miri_or, patience, shrunk, slow, valgrind, watchdog, watchdog_on_stack, HOUR};
 pub use tree::{
-    assert_live, cause, cause_id, cause_is_error, cause_text, counter, my_cause, DropProbe, MyErr,
+    assert_live, cause, cause_id, cause_is_error, cause_text, counter, hour_or_cancel, my_cause,
+    DropProbe, MyErr,
 };
 
 use std::alloc::{GlobalAlloc, Layout, System};

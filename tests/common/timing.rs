@@ -1,6 +1,6 @@
 //! Time, in one place: how long a test waits before it calls something
 //! stuck, the watchdogs that fail a stuck test instead of hanging the suite,
-//! and how much smaller the loops get under valgrind.
+//! and how much smaller the loops get under valgrind and under Miri.
 //!
 //! Every bound here is an upper bound on something that must happen ("done
 //! by", "finished within"). They are generous on purpose: the machines are
@@ -41,6 +41,17 @@ pub fn shrunk(full: usize, under_valgrind: usize) -> usize {
         under_valgrind
     } else {
         full
+    }
+}
+
+/// `native`, or `under_miri` when the tests run under Miri, which
+/// interprets every step and is some thousand times slower than a debug
+/// build: the same behaviour is checked on a smaller tree or fewer rounds.
+pub fn miri_or(native: usize, under_miri: usize) -> usize {
+    if cfg!(miri) {
+        under_miri
+    } else {
+        native
     }
 }
 

@@ -5,11 +5,24 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use ctxtree::{Cause, Context, Error};
+use ctxtree::{Canceller, Cause, Context, Error};
 
 use super::poll::poll_once;
 
 /// A cause made of a message (an `io::Error`).
+/// `ctx.with_timeout(HOUR)`: a child whose deadline no test lives to see,
+/// for the tests whose point is the shape of the tree or a race, not the
+/// deadline. Under Miri a plain `with_cancel()` child instead: a future
+/// deadline registers an async-io timer, and Miri cannot emulate the
+/// `timerfd_create` that async-io's reactor needs.
+pub fn hour_or_cancel(ctx: &Context) -> (Context, Canceller) {
+    if cfg!(miri) {
+        ctx.with_cancel()
+    } else {
+        ctx.with_timeout(super::HOUR)
+    }
+}
+
 pub fn cause(msg: &str) -> Cause {
     Arc::new(std::io::Error::other(msg.to_string()))
 }
