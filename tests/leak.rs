@@ -48,9 +48,9 @@ fn child_holding_big_value(parent: &Context) -> (Context, Canceller, Weak<()>) {
 /// async-io queues timer insertions and removals (up to 1,000 operations,
 /// `TIMER_QUEUE_SIZE`) and applies them in batches, either when the queue is
 /// full or when its reactor thread next wakes. Until then each queued
-/// insertion holds the timer's waker: our deadline record, which holds a
-/// weak reference to the node, so the node's allocation (not its contents)
-/// stays too. That is bounded by the queue size, not by how many contexts
+/// insertion holds the timer's waker: our deadline record (its `Arc`; it
+/// reaches the node only through a back-reference that the node's last
+/// release revokes, so the node itself is freed). That is bounded by the queue size, not by how many contexts
 /// were made; about 300 bytes each in practice, 512 allowed. Only needed
 /// while the loop runs: before measuring at the end, `flush_timer_ops`
 /// empties the queue, and the tight `SLACK` applies.

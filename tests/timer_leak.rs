@@ -6,8 +6,9 @@
 //! deregisters it. async-io queues timer operations (up to 1,000) and applies
 //! them when its reactor next runs, so a removal can sit in that queue for a
 //! while. Until it is applied, the reactor's timer map still holds the
-//! timer's waker: our `DeadlineTimer` (its `Arc`, and through its `Weak` the
-//! node's allocation), a few hundred bytes. So the heap may be up to about
+//! timer's waker: our `DeadlineTimer` (its `Arc`; its back-reference to the
+//! node is revoked when the node goes, so the node is not kept), a few
+//! hundred bytes. So the heap may be up to about
 //! 1,000 x 512 bytes above its starting level at any moment, however many
 //! timers went through; what must not happen is growth with the count. The
 //! heap is sampled halfway and at the end, both within that slack, and once
