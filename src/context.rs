@@ -10,7 +10,8 @@ use crate::canceller::Canceller;
 use crate::done::{Done, Run};
 use crate::error::{Cause, Error};
 use crate::tree::{
-    derive_cancel, derive_detached, derive_grace, derive_merged, derive_value, Kind, Repr,
+    derive_cancel, derive_detached, derive_grace, derive_merged, derive_value, Detached, Kind,
+    Repr, Shape, ValueNode,
 };
 
 /// A node in a cancellation tree: it is done when cancelled, when its
@@ -64,7 +65,7 @@ impl Context {
     #[doc(alias = "Background")]
     pub fn background() -> Context {
         Context {
-            repr: Repr::Background,
+            repr: Repr::background(),
         }
     }
 
@@ -79,7 +80,7 @@ impl Context {
     /// ```
     #[doc(alias = "TODO")]
     pub fn todo() -> Context {
-        Context { repr: Repr::Todo }
+        Context { repr: Repr::todo() }
     }
 
     /// `with_cancel` derives a child that is done when the returned
@@ -104,7 +105,7 @@ impl Context {
         let (node, handle) = derive_cancel(self, None);
         (
             Context {
-                repr: Repr::Cancel(node),
+                repr: Repr::cancel(node),
             },
             Canceller::new(handle),
         )
@@ -215,7 +216,7 @@ impl Context {
         let (node, handle) = derive_cancel(self, Some((deadline, cause)));
         (
             Context {
-                repr: Repr::Cancel(node),
+                repr: Repr::cancel(node),
             },
             Canceller::new(handle),
         )
@@ -239,7 +240,7 @@ impl Context {
     #[doc(alias = "WithValue")]
     pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
         Context {
-            repr: Repr::Value(derive_value(self, value)),
+            repr: Repr::value(derive_value(self, value)),
         }
     }
 
@@ -261,7 +262,7 @@ impl Context {
     #[doc(alias = "WithoutCancel")]
     pub fn without_cancel(&self) -> Context {
         Context {
-            repr: Repr::Detached(derive_detached(self)),
+            repr: Repr::value(derive_detached(self)),
         }
     }
 
@@ -313,7 +314,7 @@ impl Context {
         let (node, handle) = derive_merged(self, other);
         (
             Context {
-                repr: Repr::Cancel(node),
+                repr: Repr::cancel(node),
             },
             Canceller::new(handle),
         )
@@ -430,7 +431,7 @@ impl Context {
         let (node, handle) = derive_grace(self, grace);
         (
             Context {
-                repr: Repr::Cancel(node),
+                repr: Repr::cancel(node),
             },
             Canceller::new(handle),
         )
@@ -602,8 +603,8 @@ impl Context {
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
         let mut cur = self;
         loop {
-            if let Repr::Value(node) = &cur.repr {
-                if let Some(value) = node.value.downcast_ref::<T>() {
+            if let Shape::Value(node) = cur.repr.shape() {
+                if let Some(value) = ValueNode::value(node).downcast_ref::<T>() {
                     return Some(value);
                 }
             }
@@ -741,10 +742,10 @@ impl fmt::Display for Context {
                 }
                 Step::Segment(ctx) => ctx,
             };
-            match &ctx.repr {
-                Repr::Background => f.write_str("context.Background")?,
-                Repr::Todo => f.write_str("context.TODO")?,
-                Repr::Cancel(node) => match node.kind() {
+            match ctx.repr.shape() {
+                Shape::Background => f.write_str("context.Background")?,
+                Shape::Todo => f.write_str("context.TODO")?,
+                Shape::Cancel(node) => match node.kind() {
                     Kind::Cancel => f.write_str(".WithCancel")?,
                     Kind::Deadline(when) => write_deadline(f, when)?,
                     Kind::Grace(period) => write!(f, ".WithGrace({period:?})")?,
@@ -754,8 +755,10 @@ impl fmt::Display for Context {
                         todo.push(Step::Path(other));
                     }
                 },
-                Repr::Value(node) => write!(f, ".WithValue({})", node.type_name)?,
-                Repr::Detached(_) => f.write_str(".WithoutCancel")?,
+                Shape::Value(node) if ValueNode::value(node).is::<Detached>() => {
+                    f.write_str(".WithoutCancel")?
+                }
+                Shape::Value(node) => write!(f, ".WithValue({})", node.get().type_name)?,
             }
         }
         Ok(())

@@ -147,19 +147,23 @@ pub(crate) fn register_callback<F: FnOnce() + Send + 'static>(
 pub(super) fn add(node: &NodeRef<Node>, callback: Arc<dyn Callback>) -> Option<Arc<dyn Callback>> {
     // Invariant 6: a merged node registers before anything attaches.
     merge::join_second_parent(node);
-    let mut inner = lock(&node.inner);
+    let _node = lock(&node.children);
     // Invariant 5: flag, then attach, under the node's lock.
     if node.state.mark_dependent().is_some() {
         return Some(callback);
     }
-    let list = &mut inner.attached().callbacks;
+    // SAFETY: the callback goes into this node's list just below, before
+    // we let go of the node's lock and while our handle keeps the node
+    // from its last release, and stays there until it leaves it: the
+    // node's last release discards (revokes) every callback still there, a
+    // walk that takes the list detaches each while it holds the node, and
+    // `stop_callback` detaches the one it removes. (Set before the list's
+    // lock is taken: leaf locks do not nest.)
+    unsafe { callback.node().set(node) };
+    let mut attached = lock(node.attached());
+    let list = &mut attached.callbacks;
     // Relaxed: positions are only read and written under this lock.
     callback.position().store(list.len(), Ordering::Relaxed);
-    // SAFETY: from now on the callback is in this node's list until it
-    // leaves it: the node's last release discards (revokes) every callback
-    // still there, a walk that takes the list detaches each while it holds
-    // the node, and `stop_callback` detaches the one it removes.
-    unsafe { callback.node().set(node) };
     list.push(callback);
     None
 }
@@ -184,10 +188,11 @@ pub(super) fn remove(node: &Node, callback: &dyn Callback) {
         NonNull::from(&**c).cast::<()>() == NonNull::from(callback).cast::<()>()
     };
     let removed = {
-        let mut inner = lock(&node.inner);
-        let Some(attached) = inner.attached.as_mut() else {
+        let _node = lock(&node.children);
+        let Some(attached) = node.attached_if_any() else {
             return;
         };
+        let mut attached = lock(attached);
         let list = &mut attached.callbacks;
         // Positions are exact for every callback in the list, so a callback
         // not at its position is not in the list (a walk took it).

@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 
+use super::tagged::Owned;
 use super::{NodeRef, Repr};
 use crate::context::Context;
 
@@ -30,16 +31,18 @@ loom::thread_local! {
 /// decrement.
 #[inline]
 pub(crate) fn release_one(parent: Context) {
-    match parent.repr {
-        Repr::Background | Repr::Todo => {}
-        Repr::Cancel(node) => {
+    match parent.repr.into_owned() {
+        Owned::Empty(_) => {}
+        Owned::A(node) => {
             if let Err(node) = NodeRef::release_unless_last(node) {
                 release([Some(Context {
-                    repr: Repr::Cancel(node),
+                    repr: Repr::cancel(node),
                 })]);
             }
         }
-        repr => release([Some(Context { repr })]),
+        Owned::B(node) => release([Some(Context {
+            repr: Repr::value(node),
+        })]),
     }
 }
 
@@ -47,10 +50,7 @@ pub(crate) fn release_one(parent: Context) {
 /// release is already running further up this thread's stack.
 fn release<const N: usize>(parents: [Option<Context>; N]) {
     // The roots own nothing: dropping one never recurses.
-    let owns = |p: &Option<Context>| {
-        p.as_ref()
-            .is_some_and(|p| !matches!(p.repr, Repr::Background | Repr::Todo))
-    };
+    let owns = |p: &Option<Context>| p.as_ref().is_some_and(|p| !p.repr.is_root());
     if !parents.iter().any(owns) {
         return;
     }

@@ -80,17 +80,18 @@ pub(crate) fn derive_grace(parent: &Context, period: Duration) -> (NodeRef<Node>
     let deadline = parent.deadline().and_then(|d| d.checked_add(period));
     let anchor = parent.repr.anchor();
     let start = anchor.map(|_| Arc::new(GraceStart::new(period)));
-    let extra = Box::new(Extra {
+    let extra = Extra {
+        deadline,
         timer: None,
         merge: None,
         grace: Some(Grace {
             period,
             start: start.clone(),
         }),
-    });
+    };
     // Not linked into the anchor's child list: the anchor's walk must not
     // finish it (`Node::link_parent` is `None` for it).
-    let (node, handle) = NodeRef::new_pair(Node::new(parent, deadline, Some(extra)));
+    let (node, handle) = NodeRef::new_pair(Node::new(parent, Some(extra)));
     if let (Some(anchor), Some(start)) = (anchor, start) {
         // SAFETY: the node's last release revokes `start.child` (`release`),
         // and `start` is the one in the node's `Extra`.
@@ -209,7 +210,7 @@ impl Callback for GraceStart {
 
 impl Node {
     pub(super) fn grace(&self) -> Option<&Grace> {
-        self.extra.as_ref()?.grace.as_ref()
+        self.extra()?.grace.as_ref()
     }
 }
 

@@ -99,7 +99,8 @@ pub(crate) fn derive_merged(first: &Context, second: &Context) -> (NodeRef<Node>
         // Our second parent's state must be its own to read.
         join_second_parent(anchor);
     }
-    let extra = Box::new(Extra {
+    let extra = Extra {
+        deadline,
         timer: None,
         merge: Some(MergeLink {
             other: second.clone(),
@@ -107,8 +108,8 @@ pub(crate) fn derive_merged(first: &Context, second: &Context) -> (NodeRef<Node>
             links: Pointers::new(),
         }),
         grace: None,
-    });
-    let (node, handle) = NodeRef::new_pair(Node::new(first, deadline, Some(extra)));
+    };
+    let (node, handle) = NodeRef::new_pair(Node::new(first, Some(extra)));
     link(first, &node);
     // A second parent that is already done makes the child done at once
     // with its reason, unless the first parent's came first. (A second
@@ -139,7 +140,7 @@ pub(super) fn join_second_parent(node: &NodeRef<Node>) {
 
 #[inline(never)]
 fn register(node: &NodeRef<Node>, second: &NodeRef<Node>, merge: &MergeLink) {
-    let mut inner = lock(&second.inner);
+    let children = lock(&second.children);
     // Invariant 5 on the second parent: flag, then link.
     match second.state.mark_dependent() {
         None => {
@@ -151,13 +152,17 @@ fn register(node: &NodeRef<Node>, second: &NodeRef<Node>, merge: &MergeLink) {
                 // leaves this list under this lock (`leave`, from its last
                 // release at the latest), and the list is only used under
                 // this lock.
-                unsafe { inner.attached().merged.push_front(NodeRef::as_ptr(node)) };
+                unsafe {
+                    lock(second.attached())
+                        .merged
+                        .push_front(NodeRef::as_ptr(node))
+                };
                 merge.registered.store(true, Ordering::Relaxed);
             }
         }
         Some(err) => {
             let cause = second.state.given_cause();
-            drop(inner);
+            drop(children);
             // Nothing is attached to the node yet (attachers register
             // first), so a bare finish is all it needs; it fails if
             // something else finished the node first.
@@ -181,12 +186,12 @@ pub(super) fn leave(node: &Node) {
     if !merge.registered.load(Ordering::Relaxed) {
         return;
     }
-    let mut inner = lock(&second.inner);
-    if let Some(attached) = inner.attached.as_mut() {
+    let _second = lock(&second.children);
+    if let Some(attached) = second.attached_if_any() {
         // SAFETY: `node` is live (the caller's `&`), and the only merged
         // list it is ever linked into is its second parent's, whose lock we
         // hold; if it has left already, `remove` leaves it alone.
-        unsafe { attached.merged.remove(NonNull::from(node)) };
+        unsafe { lock(attached).merged.remove(NonNull::from(node)) };
     }
 }
 

@@ -1,9 +1,11 @@
 //! The tree: cancellable nodes, value nodes, detached nodes, how they are
 //! derived, linked and freed. The cancel walk is in `walk.rs`, merged nodes'
 //! rules in `merge.rs`, deadlines in `deadline.rs`, `after_func` callbacks
-//! in `callbacks.rs`, grace nodes (`with_grace`) in `grace.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
-//! count), `list.rs` (the intrusive list) and `state.rs` (the state word);
-//! they know nothing of this policy.
+//! in `callbacks.rs`, grace nodes (`with_grace`) in `grace.rs`, value nodes
+//! in `value.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
+//! count), `list.rs` (the intrusive list), `state.rs` (the state word),
+//! `tagged.rs` (a `Context` in one word) and `once_box.rs` (a node's
+//! out-of-line part); they know nothing of this policy.
 //!
 //! # Invariants
 //!
@@ -58,8 +60,10 @@
 //!
 //! # Deadlock safety
 //!
-//! Locks: one per cancellable node (`inner`, guarding its child list,
-//! merged list and callbacks), and leaf locks (a `Backref`'s, a timer's
+//! Locks: one per cancellable node (`children`, guarding its child list,
+//! and with it its merged list and callbacks, which sit under a leaf lock
+//! of their own in the node's out-of-line part, taken only inside the
+//! node's), and leaf locks (a `Backref`'s, a timer's
 //! slot, a grace's timer slot, a callback's closure) under which nothing
 //! else is locked.
 //!
@@ -91,10 +95,12 @@ mod grace;
 mod list;
 mod merge;
 mod node_ref;
+mod once_box;
 mod state;
+mod tagged;
+mod value;
 mod walk;
 
-use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,37 +124,85 @@ use grace::Grace;
 use list::{Link, List, Pointers};
 use merge::MergeLink;
 use node_ref::{Counted, RefCount};
+use once_box::OnceBox;
 use state::StateCell;
+use tagged::{Borrowed, Empty, Owned, Tagged, View};
+pub(crate) use value::ValueNode;
 
-/// What a `Context` points at. The roots need no allocation.
+/// What a `Context` is: one word (`tagged.rs`). The roots need no
+/// allocation.
 #[derive(Clone)]
-pub(crate) enum Repr {
+pub(crate) struct Repr(Tagged<Node, ValueNode>);
+
+/// What a `Context` is, seen through its [`Repr`].
+pub(crate) enum Shape<'a> {
     Background,
     Todo,
-    Cancel(NodeRef<Node>),
-    Value(Arc<ValueNode>),
-    Detached(Arc<DetachedNode>),
+    Cancel(&'a NodeRef<Node>),
+    /// A value node; the detached node of `without_cancel` is one too, with
+    /// a value of a type nobody outside this module can name.
+    Value(Borrowed<'a, ValueNode>),
 }
 
+/// The value of the node `without_cancel` derives: it keeps the parent's
+/// values and none of its cancellation.
+pub(crate) struct Detached;
+
 impl Repr {
+    pub(crate) const fn background() -> Repr {
+        Repr(Tagged::empty(Empty::First))
+    }
+
+    pub(crate) const fn todo() -> Repr {
+        Repr(Tagged::empty(Empty::Second))
+    }
+
+    pub(crate) fn cancel(node: NodeRef<Node>) -> Repr {
+        Repr(Tagged::from_owned(Owned::A(node)))
+    }
+
+    pub(crate) fn value(node: NodeRef<ValueNode>) -> Repr {
+        Repr(Tagged::from_owned(Owned::B(node)))
+    }
+
+    #[inline]
+    pub(crate) fn shape(&self) -> Shape<'_> {
+        match self.0.view() {
+            View::Empty(Empty::First) => Shape::Background,
+            View::Empty(Empty::Second) => Shape::Todo,
+            View::A(node) => Shape::Cancel(node),
+            View::B(node) => Shape::Value(node),
+        }
+    }
+
+    /// Whether this is a root, which owns nothing.
+    #[inline]
+    pub(crate) fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The nearest cancellable node at or above this one, if any.
     #[inline]
     pub(crate) fn anchor(&self) -> Option<&NodeRef<Node>> {
-        match self {
-            Repr::Cancel(node) => Some(node),
-            Repr::Value(node) => node.anchor.as_ref(),
-            Repr::Background | Repr::Todo | Repr::Detached(_) => None,
+        match self.0.view() {
+            View::A(node) => Some(node),
+            View::B(node) => node.get().anchor.as_ref(),
+            View::Empty(_) => None,
         }
     }
 
     /// The context this one was derived from; `None` for the roots.
     pub(crate) fn parent(&self) -> Option<&Context> {
-        match self {
-            Repr::Background | Repr::Todo => None,
-            Repr::Cancel(node) => Some(&node.parent),
-            Repr::Value(node) => Some(&node.parent),
-            Repr::Detached(node) => Some(&node.parent),
+        match self.0.view() {
+            View::Empty(_) => None,
+            View::A(node) => Some(&node.parent),
+            View::B(node) => Some(&node.get().parent),
         }
+    }
+
+    /// The handle this holds, for `drop_chain`.
+    fn into_owned(self) -> Owned<Node, ValueNode> {
+        self.0.into_owned()
     }
 }
 
@@ -161,32 +215,39 @@ pub(crate) struct Node {
     pub(crate) event: Event,
     /// This node's place in its link parent's child list (invariant 2).
     links: Pointers<Node>,
-    inner: Mutex<Inner>,
+    /// The node's children; its lock is the node's lock.
+    children: Mutex<List<ChildLink>>,
     parent: Context,
-    /// The earliest deadline on the path to the root (for a merged node,
-    /// on either path).
-    deadline: Option<Instant>,
-    /// What only some nodes have, fixed at birth: an own deadline, a
-    /// second parent, a grace period.
-    extra: Option<Box<Extra>>,
+    /// What only some nodes have, out of line: set at birth for deadline,
+    /// merged and grace nodes, on first use (a callback, a merged node
+    /// registering) for the rest.
+    rare: OnceBox<Rare>,
 }
 
-/// What a node's lock guards.
-struct Inner {
-    children: List<ChildLink>,
-    /// Callbacks and registered merged nodes, made on first use.
-    attached: Option<Box<Attached>>,
+/// The out-of-line part of a node.
+struct Rare {
+    /// Fixed at birth: `None` for a node that was born without.
+    extra: Option<Extra>,
+    /// Callbacks and registered merged nodes. Its lock is only taken with
+    /// the node's lock held.
+    attached: Mutex<Attached>,
 }
 
-impl Inner {
-    fn attached(&mut self) -> &mut Attached {
-        self.attached
-            .get_or_insert_with(|| Box::new(Attached::new()))
+impl Rare {
+    fn new(extra: Option<Extra>) -> Box<Rare> {
+        Box::new(Rare {
+            extra,
+            attached: Mutex::new(Attached::new()),
+        })
     }
 }
 
-/// The parts of a node that only deadline, merged and grace nodes have.
+/// The parts of a node that only deadline, merged and grace nodes have,
+/// fixed at birth.
 struct Extra {
+    /// The earliest deadline on the path to the root (for a merged node,
+    /// on either path). Nodes without an `Extra` ask their parent.
+    deadline: Option<Instant>,
     /// An own deadline, earlier than the parent's, and its timer.
     timer: Option<Arc<DeadlineTimer>>,
     /// A second parent.
@@ -217,21 +278,9 @@ unsafe impl Link for ChildLink {
     }
 }
 
-/// A context that carries one value and no cancellation state of its own.
-pub(crate) struct ValueNode<V: ?Sized = dyn Any + Send + Sync> {
-    parent: Context,
-    anchor: Option<NodeRef<Node>>,
-    pub(crate) type_name: &'static str,
-    pub(crate) value: V,
-}
-
-/// `without_cancel()`: keeps the parent for its values, nothing else.
-pub(crate) struct DetachedNode {
-    parent: Context,
-}
-
 impl Node {
-    fn new(parent: &Context, deadline: Option<Instant>, extra: Option<Box<Extra>>) -> Node {
+    #[inline]
+    fn new(parent: &Context, extra: Option<Extra>) -> Node {
         let aux = extra
             .as_ref()
             .and_then(|e| e.merge.as_ref())
@@ -241,31 +290,45 @@ impl Node {
             state: StateCell::new(aux),
             event: Event::new(),
             links: Pointers::new(),
-            inner: Mutex::new(Inner {
-                children: List::new(),
-                attached: None,
-            }),
+            children: Mutex::new(List::new()),
             parent: parent.clone(),
-            deadline,
-            extra,
+            rare: OnceBox::new(extra.map(|extra| Rare::new(Some(extra)))),
         }
+    }
+
+    /// What this node was born with beyond a plain cancellable node.
+    #[inline]
+    fn extra(&self) -> Option<&Extra> {
+        self.rare.get()?.extra.as_ref()
+    }
+
+    /// The callbacks and merged nodes attached to this node, made on first
+    /// use. The caller holds the node's lock.
+    fn attached(&self) -> &Mutex<Attached> {
+        &self.rare.get_or_init(|| Rare::new(None)).attached
+    }
+
+    /// Like [`attached`](Self::attached), but `None` if nothing was ever
+    /// attached.
+    fn attached_if_any(&self) -> Option<&Mutex<Attached>> {
+        Some(&self.rare.get()?.attached)
     }
 
     /// The node whose child list this one is linked into, if any. A grace
     /// node has none: its parent's walk must not reach it (`grace.rs`).
     fn link_parent(&self) -> Option<&NodeRef<Node>> {
-        match &self.extra {
+        match self.extra() {
             Some(extra) if extra.grace.is_some() => None,
             _ => self.parent.repr.anchor(),
         }
     }
 
     fn merge_link(&self) -> Option<&MergeLink> {
-        self.extra.as_ref()?.merge.as_ref()
+        self.extra()?.merge.as_ref()
     }
 
     fn timer(&self) -> Option<&Arc<DeadlineTimer>> {
-        self.extra.as_ref()?.timer.as_ref()
+        self.extra()?.timer.as_ref()
     }
 
     /// Why the node is done, or `None` while it is live. One load, except
@@ -282,10 +345,19 @@ impl Node {
         self.state.is_done_or(|| merge::pull_second_parent(self))
     }
 
-    /// The earliest deadline on the path to the root.
-    #[inline]
+    /// The earliest deadline on the path to the root: kept by the nearest
+    /// node born with an `Extra` (every deadline, merged and grace node),
+    /// found by walking up through the plain ones, as Go does. Deriving a
+    /// deadline node keeps its deadline even when its parent's is earlier,
+    /// so that a chain of them never walks far.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        let mut node = self;
+        loop {
+            if let Some(extra) = node.extra() {
+                return extra.deadline;
+            }
+            node = node.parent.repr.anchor()?;
+        }
     }
 
     pub(crate) fn kind(&self) -> Kind<'_> {
@@ -302,7 +374,7 @@ impl Node {
     /// Stops the timers that would cancel this node: its deadline's, and
     /// a started grace's. For the winner of its finish (invariant 1).
     fn disarm_timers(&self) {
-        if self.extra.is_none() {
+        if self.extra().is_none() {
             return;
         }
         if let Some(timer) = self.timer() {
@@ -324,14 +396,18 @@ impl Node {
     /// node, its callback leaves its anchor's callback list.
     fn leave_lists(&self) {
         if let Some(link_parent) = self.link_parent() {
-            let mut inner = lock(&link_parent.inner);
+            let mut children = lock(&link_parent.children);
             // SAFETY: this node is live (we hold `&self`), and the only
             // child list it is ever linked into is its link parent's
             // (invariant 2), whose lock we hold.
-            unsafe { inner.children.remove(NonNull::from(self)) };
+            unsafe { children.remove(NonNull::from(self)) };
         }
-        merge::leave(self);
-        grace::leave(self);
+        // Only nodes born with an `Extra` are in a merged list or have a
+        // grace callback in their anchor's list.
+        if self.extra().is_some() {
+            merge::leave(self);
+            grace::leave(self);
+        }
     }
 }
 
@@ -351,6 +427,12 @@ unsafe impl Counted for Node {
 
     fn last_release(&self) {
         self.leave_lists();
+        // A node with nothing out of line has no timer, no grace and
+        // nothing attached but children, of which none is left
+        // (invariant 3).
+        if self.rare.get().is_none() {
+            return;
+        }
         if let Some(timer) = self.timer() {
             timer.node.revoke();
             timer.disarm();
@@ -363,9 +445,12 @@ unsafe impl Counted for Node {
         }
         // No walk can take the callbacks any more (nobody can reach the
         // node), but a `stop()` may still look for them until revoked.
-        let attached = lock(&self.inner).attached.take();
+        let attached = self.attached_if_any().map(|attached| {
+            let _node = lock(&self.children);
+            std::mem::replace(&mut *lock(attached), Attached::new())
+        });
         if let Some(attached) = attached {
-            (*attached).discard();
+            attached.discard();
         }
     }
 }
@@ -374,27 +459,14 @@ impl Drop for Node {
     fn drop(&mut self) {
         // Invariant 3: every child and merged node held this one, so none is
         // left; `last_release` has taken the callbacks.
-        debug_assert!(crate::sync::get_mut(&mut self.inner).children.is_empty());
+        debug_assert!(crate::sync::get_mut(&mut self.children).is_empty());
         // The parents are let go of without recursion: a chain of nodes, or
         // of merges through second parents, drops in constant stack.
         release_one(std::mem::take(&mut self.parent));
-        if let Some(merge) = self.extra.as_mut().and_then(|e| e.merge.as_mut()) {
+        let extra = self.rare.get_mut().and_then(|r| r.extra.as_mut());
+        if let Some(merge) = extra.and_then(|e| e.merge.as_mut()) {
             release_one(std::mem::take(&mut merge.other));
         }
-    }
-}
-
-impl<V: ?Sized> Drop for ValueNode<V> {
-    fn drop(&mut self) {
-        // Not the last reference to the anchor: `parent` still holds it.
-        self.anchor = None;
-        release_one(std::mem::take(&mut self.parent));
-    }
-}
-
-impl Drop for DetachedNode {
-    fn drop(&mut self) {
-        release_one(std::mem::take(&mut self.parent));
     }
 }
 
@@ -405,13 +477,21 @@ pub(crate) fn derive_cancel(
     parent: &Context,
     own: Option<(Instant, Option<Cause>)>,
 ) -> (NodeRef<Node>, NodeRef<Node>) {
-    let parent_deadline = parent.deadline();
-    let own = own.filter(|(when, _)| parent_deadline.map_or(true, |p| *when < p));
-    let deadline = own
-        .as_ref()
-        .map_or(parent_deadline, |(when, _)| Some(*when));
+    // A plain child keeps no deadline: it asks its parent (`Node::deadline`).
+    // A deadline child keeps the earlier of its own and its parent's, and a
+    // timer only if its own is the earlier.
     let extra = own.map(|(when, cause)| {
-        Box::new(Extra {
+        let parent_deadline = parent.deadline();
+        if parent_deadline.is_some_and(|p| p <= when) {
+            return Extra {
+                deadline: parent_deadline,
+                timer: None,
+                merge: None,
+                grace: None,
+            };
+        }
+        Extra {
+            deadline: Some(when),
             timer: Some(Arc::new(DeadlineTimer::new(
                 when,
                 Error::DeadlineExceeded,
@@ -419,9 +499,9 @@ pub(crate) fn derive_cancel(
             ))),
             merge: None,
             grace: None,
-        })
+        }
     });
-    let (node, handle) = NodeRef::new_pair(Node::new(parent, deadline, extra));
+    let (node, handle) = NodeRef::new_pair(Node::new(parent, extra));
     link(parent, &node);
     if let Some(timer) = node.timer() {
         // SAFETY: the node's last release revokes `timer.node`.
@@ -437,41 +517,38 @@ pub(crate) fn derive_cancel(
 
 /// Links a new `node` into its link parent's child list, or makes it done
 /// at once if the link parent already is.
+#[inline]
 fn link(parent: &Context, node: &NodeRef<Node>) {
     let Some(anchor) = parent.repr.anchor() else {
         return;
     };
     // Invariant 6: a merged link parent registers before a child attaches.
     merge::join_second_parent(anchor);
-    let mut inner = lock(&anchor.inner);
+    let mut children = lock(&anchor.children);
     // Invariant 5: flag, then link, under the link parent's lock.
     match anchor.state.mark_dependent() {
         // SAFETY: `node` is new, so in no child list; it stays live until
         // it leaves this list, which it does under this lock before it is
         // freed (invariants 2 and 4); this list is only used under this lock.
-        None => unsafe { inner.children.push_front(NodeRef::as_ptr(node)) },
+        None => unsafe { children.push_front(NodeRef::as_ptr(node)) },
         Some(err) => {
-            drop(inner);
+            drop(children);
             node.state.finish(err, anchor.state.given_cause());
         }
     }
 }
 
 /// Derives a value node below `parent`.
-pub(crate) fn derive_value<T: Send + Sync + 'static>(parent: &Context, value: T) -> Arc<ValueNode> {
-    Arc::new(ValueNode {
-        parent: parent.clone(),
-        anchor: parent.repr.anchor().cloned(),
-        type_name: std::any::type_name::<T>(),
-        value,
-    })
+pub(crate) fn derive_value<T: Send + Sync + 'static>(
+    parent: &Context,
+    value: T,
+) -> NodeRef<ValueNode> {
+    ValueNode::new(parent, parent.repr.anchor().cloned(), value)
 }
 
 /// Derives a node that keeps `parent`'s values and none of its cancellation.
-pub(crate) fn derive_detached(parent: &Context) -> Arc<DetachedNode> {
-    Arc::new(DetachedNode {
-        parent: parent.clone(),
-    })
+pub(crate) fn derive_detached(parent: &Context) -> NodeRef<ValueNode> {
+    ValueNode::new(parent, None, Detached)
 }
 
 /// Races through the public API on real threads, small enough for Miri:
@@ -655,11 +732,11 @@ mod tests {
     #[cfg(target_pointer_width = "64")]
     fn a_cancellable_node_stays_small() {
         assert!(
-            std::mem::size_of::<super::Node>() <= 112,
+            std::mem::size_of::<super::Node>() <= 72,
             "Node grew to {} bytes",
             std::mem::size_of::<super::Node>()
         );
-        assert_eq!(std::mem::size_of::<Context>(), 24);
+        assert_eq!(std::mem::size_of::<Context>(), 8);
     }
 
     /// A middle node cancelled on one thread while the root is cancelled on

@@ -57,9 +57,29 @@ pub(crate) unsafe trait Counted {
     /// Called once, by the handle whose drop takes the count to zero,
     /// before the value is freed; see the trait's `# Safety`.
     fn last_release(&self);
+
+    /// Frees the value at `this`, after its last release. By default it is
+    /// a `Box<Self>`; a value that is the head of a larger allocation (a
+    /// type-erased one) frees that allocation instead.
+    ///
+    /// # Safety
+    ///
+    /// `this` is the pointer of a value whose count has reached zero and
+    /// whose `last_release` has returned; it came from `Box::into_raw` of a
+    /// `Box<Self>`, or from whatever allocation an override frees. Nothing
+    /// uses the value afterwards.
+    unsafe fn free(this: NonNull<Self>)
+    where
+        Self: Sized,
+    {
+        // SAFETY: the caller's promise: a `Box<Self>` nobody uses any more.
+        drop(unsafe { Box::from_raw(this.as_ptr()) });
+    }
 }
 
 /// A counted handle to a heap value `T`: `Arc<T>` without weak references.
+/// One pointer, exactly (`tagged.rs` reads a handle in place).
+#[repr(transparent)]
 pub(crate) struct NodeRef<T: Counted> {
     ptr: NonNull<T>,
     /// The handle owns a `T` (for drop check and auto traits).
@@ -99,6 +119,31 @@ impl<T: Counted> NodeRef<T> {
             _owns: PhantomData,
         };
         (handle(), handle())
+    }
+
+    /// Gives up the handle for its pointer, count and all: the way back is
+    /// [`from_raw`](Self::from_raw).
+    #[inline]
+    pub(crate) fn into_raw(this: NodeRef<T>) -> NonNull<T> {
+        let this = std::mem::ManuallyDrop::new(this);
+        this.ptr
+    }
+
+    /// Takes back a handle given up by [`into_raw`](Self::into_raw), or
+    /// adopts a new value.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from [`into_raw`](Self::into_raw) and that count is handed
+    /// back once; or `ptr` points at a new `T` whose count is fresh from
+    /// [`RefCount::new`], at the start of an allocation that
+    /// [`Counted::free`] frees, with the provenance of that allocation.
+    #[inline]
+    pub(crate) unsafe fn from_raw(ptr: NonNull<T>) -> NodeRef<T> {
+        NodeRef {
+            ptr,
+            _owns: PhantomData,
+        }
     }
 
     /// The value's address, with the provenance of its whole allocation:
@@ -232,10 +277,11 @@ impl<T: Counted> NodeRef<T> {
         // exists and none can be made (`try_acquire` does not revive a
         // zero count); the value is not freed before `last_release` returns.
         unsafe { self.ptr.as_ref() }.last_release();
-        // SAFETY: `ptr` came from `Box::into_raw` in `new`. The `Counted`
+        // SAFETY: `ptr` came from `Box::into_raw` in `new`/`new_pair`, or
+        // from an allocation `T::free` frees (`from_raw`). The `Counted`
         // contract says nobody else can reach the value now, so this is the
-        // only access and the box may be taken back and dropped.
-        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+        // only access and it may be freed.
+        unsafe { T::free(self.ptr) };
     }
 }
 

@@ -139,12 +139,13 @@ impl Walk {
             }
         };
         let callbacks = {
-            let mut inner = lock(&node.inner);
-            for child in inner.children.iter() {
+            let children = lock(&node.children);
+            for child in children.iter() {
                 self.reach(child, reason, Path::Child);
             }
-            match inner.attached.as_mut() {
+            match node.attached_if_any() {
                 Some(attached) => {
+                    let mut attached = lock(attached);
                     for merged in attached.merged.iter() {
                         self.reach(merged, reason, Path::Merged);
                     }

@@ -1,0 +1,176 @@
+//! A box that is set at most once and then read without a lock: where a
+//! node keeps what few nodes need (an own deadline's timer, a second parent,
+//! a grace period, callbacks), behind one word, so that a plain node pays
+//! eight bytes for all of it.
+//!
+//! Set at birth for the nodes that need it from the start; set on first use
+//! by whichever thread gets there first for the rest (a compare-and-swap
+//! from null, the loser dropping its own box). Never replaced or cleared
+//! afterwards, and freed only with the `OnceBox`, which takes `&mut self`:
+//! so a reference handed out by [`get`](OnceBox::get) is valid for as long
+//! as the `OnceBox` is borrowed.
+//!
+//! This module knows nothing of the tree.
+
+use std::marker::PhantomData;
+use std::ptr;
+
+use crate::sync::{AtomicPtr, Ordering};
+
+/// A `Box<T>`, set at most once, readable from any thread.
+pub(crate) struct OnceBox<T> {
+    ptr: AtomicPtr<T>,
+    /// It owns a `T` (for drop check; `Send`/`Sync` are stated below).
+    _owns: PhantomData<Box<T>>,
+}
+
+// SAFETY: the box is moved with the `OnceBox`, and dropped where it is:
+// as `Box<T>` asks, `T: Send`.
+unsafe impl<T: Send> Send for OnceBox<T> {}
+// SAFETY: through `&OnceBox`, any thread may read the `T` (`T: Sync`) and
+// may make the `T` that another thread later reads and drops (`T: Send`).
+unsafe impl<T: Send + Sync> Sync for OnceBox<T> {}
+
+impl<T> OnceBox<T> {
+    /// A `OnceBox` holding `value`, or nothing yet.
+    pub(crate) fn new(value: Option<Box<T>>) -> OnceBox<T> {
+        OnceBox {
+            ptr: AtomicPtr::new(value.map_or(ptr::null_mut(), Box::into_raw)),
+            _owns: PhantomData,
+        }
+    }
+
+    /// The value, if it has been set.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&T> {
+        // Acquire: pairs with the Release of the CAS that published it, so
+        // the value's contents are visible.
+        let ptr = self.ptr.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from `Box::into_raw` (in `new` or
+        // `get_or_init`) and is never replaced; the box is freed only by
+        // `drop`, which needs `&mut self`, so not while `&self` is borrowed.
+        // Only shared references to it are ever made through `&self`.
+        unsafe { ptr.as_ref() }
+    }
+
+    /// The value, set to `make()` first if it was not set.
+    pub(crate) fn get_or_init(&self, make: impl FnOnce() -> Box<T>) -> &T {
+        if let Some(value) = self.get() {
+            return value;
+        }
+        let new = Box::into_raw(make());
+        match self
+            .ptr
+            .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // SAFETY: published by this CAS, never replaced, freed only by
+            // `drop` (`&mut self`), as in `get`.
+            Ok(_) => unsafe { &*new },
+            Err(won) => {
+                // SAFETY: `new` came from `Box::into_raw` above and was never
+                // published: this is its only owner.
+                drop(unsafe { Box::from_raw(new) });
+                // SAFETY: `won` is the published box (non-null: the CAS
+                // failed against null), visible through the Acquire on
+                // failure; valid as in `get`.
+                unsafe { &*won }
+            }
+        }
+    }
+
+    /// The value, with `&mut`: nobody else can be reading it.
+    pub(crate) fn get_mut(&mut self) -> Option<&mut T> {
+        let ptr = self.load_mut();
+        // SAFETY: as in `get`, a non-null pointer is a live box owned by
+        // `self`, and `&mut self` excludes every other reference to it.
+        unsafe { ptr.as_mut() }
+    }
+
+    fn load_mut(&mut self) -> *mut T {
+        #[cfg(not(loom))]
+        let ptr = *self.ptr.get_mut();
+        #[cfg(loom)]
+        let ptr = self.ptr.with_mut(|ptr| *ptr);
+        ptr
+    }
+}
+
+impl<T> Drop for OnceBox<T> {
+    fn drop(&mut self) {
+        let ptr = self.load_mut();
+        if !ptr.is_null() {
+            // SAFETY: the pointer came from `Box::into_raw` and is owned by
+            // `self` alone; `&mut self` means nobody reads it any more.
+            drop(unsafe { Box::from_raw(ptr) });
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize as StdAtomicUsize;
+    use std::sync::{Arc, Barrier};
+
+    /// Counts its drops.
+    struct Counted(Arc<StdAtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn set_at_birth_or_on_first_use_and_dropped_once() {
+        let drops = Arc::new(StdAtomicUsize::new(0));
+        let born = OnceBox::new(Some(Box::new(Counted(drops.clone()))));
+        assert!(born.get().is_some());
+        // Already set: `make` is not called.
+        born.get_or_init(|| unreachable!());
+        let mut empty = OnceBox::<Counted>::new(None);
+        assert!(empty.get().is_none());
+        assert!(empty.get_mut().is_none());
+        empty.get_or_init(|| Box::new(Counted(drops.clone())));
+        assert!(empty.get_mut().is_some());
+        drop((born, empty));
+        assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// Threads racing to set it: one value wins, every thread sees that
+    /// one, and the losers' values (from threads that found it unset and
+    /// made one) are dropped at once.
+    #[test]
+    fn racing_first_uses_agree_on_one_value() {
+        let threads = if cfg!(miri) { 3 } else { 4 };
+        for _ in 0..if cfg!(miri) { 4 } else { 200 } {
+            let drops = Arc::new(StdAtomicUsize::new(0));
+            let made = Arc::new(StdAtomicUsize::new(0));
+            let cell = Arc::new(OnceBox::<(usize, Counted)>::new(None));
+            let barrier = Arc::new(Barrier::new(threads));
+            let seen: Vec<usize> = (0..threads)
+                .map(|i| {
+                    let (cell, barrier) = (cell.clone(), barrier.clone());
+                    let (drops, made) = (drops.clone(), made.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        cell.get_or_init(|| {
+                            made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            Box::new((i, Counted(drops)))
+                        })
+                        .0
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            assert!(seen.iter().all(|&s| s == seen[0]));
+            assert_eq!(cell.get().map(|v| v.0), Some(seen[0]));
+            let made = made.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(made >= 1);
+            assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), made - 1);
+            drop(cell);
+            assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), made);
+        }
+    }
+}

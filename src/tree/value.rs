@@ -1,0 +1,125 @@
+//! Value nodes (`with_value`, and `without_cancel`'s detached node): one
+//! allocation, a header the tree reads followed by the value, of any type,
+//! behind a thin pointer, so that a `Context` is one word (`tagged.rs`).
+//!
+//! The header keeps two functions made for the value's type: one to see the
+//! value as `dyn Any` from the node's pointer, one to free the allocation.
+//! Both take the pointer the handle holds, which has the provenance of the
+//! whole allocation, never one derived from a reference to the header.
+
+use std::any::Any;
+use std::ptr::{self, NonNull};
+
+use super::drop_chain::release_one;
+use super::node_ref::{Counted, NodeRef, RefCount};
+use super::tagged::Borrowed;
+use super::Node;
+use crate::context::Context;
+
+/// What a value is seen as.
+type AnyValue = dyn Any + Send + Sync;
+
+/// The header of a value node.
+#[repr(C)]
+pub(crate) struct ValueNode {
+    count: RefCount,
+    pub(super) parent: Context,
+    /// The nearest cancellable node above, for `err`, `done` and the rest.
+    pub(super) anchor: Option<NodeRef<Node>>,
+    pub(crate) type_name: &'static str,
+    /// The value, from the node's pointer.
+    value: unsafe fn(NonNull<ValueNode>) -> *const AnyValue,
+    /// Frees the whole allocation, from the node's pointer.
+    free: unsafe fn(NonNull<ValueNode>),
+}
+
+/// The allocation: the header first (`repr(C)`), so that a pointer to it is
+/// a pointer to the header.
+#[repr(C)]
+struct Typed<V> {
+    head: ValueNode,
+    value: V,
+}
+
+/// # Safety
+///
+/// `head` is the pointer of a live `Typed<V>`'s header, with the provenance
+/// of the whole allocation.
+unsafe fn value_of<V: Any + Send + Sync>(head: NonNull<ValueNode>) -> *const AnyValue {
+    let typed = head.cast::<Typed<V>>().as_ptr();
+    // SAFETY: the caller's promise; `addr_of!` makes no reference.
+    let value: *const V = unsafe { ptr::addr_of!((*typed).value) };
+    value as *const AnyValue
+}
+
+/// # Safety
+///
+/// `head` came from `Box::into_raw` of a `Box<Typed<V>>` (in `new`), and
+/// nothing uses it afterwards.
+unsafe fn free_typed<V>(head: NonNull<ValueNode>) {
+    // SAFETY: the caller's promise.
+    drop(unsafe { Box::from_raw(head.cast::<Typed<V>>().as_ptr()) });
+}
+
+impl ValueNode {
+    /// A new value node below `parent`, holding `value`.
+    pub(super) fn new<V: Any + Send + Sync>(
+        parent: &Context,
+        anchor: Option<NodeRef<Node>>,
+        value: V,
+    ) -> NodeRef<ValueNode> {
+        let typed = Box::into_raw(Box::new(Typed {
+            head: ValueNode {
+                count: RefCount::new(),
+                parent: parent.clone(),
+                anchor,
+                type_name: std::any::type_name::<V>(),
+                value: value_of::<V>,
+                free: free_typed::<V>,
+            },
+            value,
+        }));
+        // SAFETY: `Box::into_raw` never returns null.
+        let head = unsafe { NonNull::new_unchecked(typed) }.cast::<ValueNode>();
+        // SAFETY: a new header with a fresh count, at the start of a
+        // `Typed<V>` allocation (so the same address, with its provenance),
+        // which `Counted::free` below frees through `free_typed::<V>`.
+        unsafe { NodeRef::from_raw(head) }
+    }
+
+    /// The value of the node `this`, for as long as it is borrowed.
+    pub(crate) fn value(this: Borrowed<'_, ValueNode>) -> &AnyValue {
+        // SAFETY: `this` is the pointer a live handle holds, with the
+        // provenance of the whole `Typed<V>`, and `value` was made for that
+        // `V`; the value lives as long as the borrow, and is only ever
+        // shared.
+        unsafe { &*(this.get().value)(this.as_ptr()) }
+    }
+}
+
+// SAFETY: a value node is in no list and has no back-reference: only its
+// handles reach it. `free` frees the `Typed<V>` it heads.
+unsafe impl Counted for ValueNode {
+    #[inline]
+    fn ref_count(&self) -> &RefCount {
+        &self.count
+    }
+
+    fn last_release(&self) {}
+
+    unsafe fn free(this: NonNull<ValueNode>) {
+        // SAFETY: the header is live until freed just below.
+        let free = unsafe { this.as_ref() }.free;
+        // SAFETY: `this` came from `new` (through the handles), its count is
+        // zero and nobody uses it afterwards: the contract of `Counted::free`.
+        unsafe { free(this) };
+    }
+}
+
+impl Drop for ValueNode {
+    fn drop(&mut self) {
+        // Not the last reference to the anchor: `parent` still holds it.
+        self.anchor = None;
+        release_one(std::mem::take(&mut self.parent));
+    }
+}
