@@ -42,7 +42,7 @@ use super::callbacks::{self, Callback, PENDING, STARTED, STOPPED};
 use super::deadline::DeadlineTimer;
 use super::node_ref::{Backref, NodeRef};
 use super::walk::{self, Panic};
-use super::{Extra, Node};
+use super::{Extra, Node, Role};
 use crate::context::Context;
 use crate::sync::{lock, AtomicU8, AtomicUsize, Mutex, Ordering};
 
@@ -82,9 +82,7 @@ pub(crate) fn derive_grace(parent: &Context, period: Duration) -> (NodeRef<Node>
     let start = anchor.map(|_| Arc::new(GraceStart::new(period)));
     let extra = Extra {
         deadline,
-        timer: None,
-        merge: None,
-        grace: Some(Grace {
+        role: Role::Grace(Grace {
             period,
             start: start.clone(),
         }),
@@ -210,7 +208,7 @@ impl Callback for GraceStart {
 
 impl Node {
     pub(super) fn grace(&self) -> Option<&Grace> {
-        self.extra()?.grace.as_ref()
+        self.extra()?.grace()
     }
 }
 

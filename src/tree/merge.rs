@@ -41,7 +41,7 @@ use std::ptr::NonNull;
 use super::list::{Link, Pointers};
 use super::node_ref::NodeRef;
 use super::state::Finish;
-use super::{link, Extra, Node};
+use super::{link, Extra, Node, Role};
 use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::sync::{lock, AtomicBool, Ordering};
@@ -101,13 +101,11 @@ pub(crate) fn derive_merged(first: &Context, second: &Context) -> (NodeRef<Node>
     }
     let extra = Extra {
         deadline,
-        timer: None,
-        merge: Some(MergeLink {
+        role: Role::Merge(MergeLink {
             other: second.clone(),
             registered: AtomicBool::new(false),
             links: Pointers::new(),
         }),
-        grace: None,
     };
     let (node, handle) = NodeRef::new_pair(Node::new(first, Some(extra)));
     link(first, &node);

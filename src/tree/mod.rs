@@ -248,12 +248,45 @@ struct Extra {
     /// The earliest deadline on the path to the root (for a merged node,
     /// on either path). Nodes without an `Extra` ask their parent.
     deadline: Option<Instant>,
+    /// What kind of node it is.
+    role: Role,
+}
+
+/// What a node born with an `Extra` is, besides its deadline: one of these,
+/// never two.
+enum Role {
+    /// A deadline node whose own deadline was not the earlier: it only
+    /// keeps the deadline (so that `deadline()` stops here).
+    Inherits,
     /// An own deadline, earlier than the parent's, and its timer.
-    timer: Option<Arc<DeadlineTimer>>,
+    Timer(Arc<DeadlineTimer>),
     /// A second parent.
-    merge: Option<MergeLink>,
+    Merge(MergeLink),
     /// A grace period after the parent is done (`grace.rs`).
-    grace: Option<Grace>,
+    Grace(Grace),
+}
+
+impl Extra {
+    fn timer(&self) -> Option<&Arc<DeadlineTimer>> {
+        match &self.role {
+            Role::Timer(timer) => Some(timer),
+            _ => None,
+        }
+    }
+
+    fn merge(&self) -> Option<&MergeLink> {
+        match &self.role {
+            Role::Merge(merge) => Some(merge),
+            _ => None,
+        }
+    }
+
+    fn grace(&self) -> Option<&Grace> {
+        match &self.role {
+            Role::Grace(grace) => Some(grace),
+            _ => None,
+        }
+    }
 }
 
 /// What a cancellable node is, for `Display`.
@@ -283,7 +316,7 @@ impl Node {
     fn new(parent: &Context, extra: Option<Extra>) -> Node {
         let aux = extra
             .as_ref()
-            .and_then(|e| e.merge.as_ref())
+            .and_then(Extra::merge)
             .is_some_and(|m| m.second().is_some());
         Node {
             count: RefCount::new(),
@@ -314,21 +347,26 @@ impl Node {
         Some(&self.rare.get()?.attached)
     }
 
-    /// The node whose child list this one is linked into, if any. A grace
-    /// node has none: its parent's walk must not reach it (`grace.rs`).
-    fn link_parent(&self) -> Option<&NodeRef<Node>> {
-        match self.extra() {
-            Some(extra) if extra.grace.is_some() => None,
-            _ => self.parent.repr.anchor(),
+    /// The node whose child list a node with this `parent` and `extra` is
+    /// linked into, if any. A grace node has none: its parent's walk must
+    /// not reach it (`grace.rs`).
+    #[inline]
+    fn link_parent<'a>(parent: &'a Context, extra: Option<&Extra>) -> Option<&'a NodeRef<Node>> {
+        match extra {
+            Some(Extra {
+                role: Role::Grace(_),
+                ..
+            }) => None,
+            _ => parent.repr.anchor(),
         }
     }
 
     fn merge_link(&self) -> Option<&MergeLink> {
-        self.extra()?.merge.as_ref()
+        self.extra()?.merge()
     }
 
     fn timer(&self) -> Option<&Arc<DeadlineTimer>> {
-        self.extra()?.timer.as_ref()
+        self.extra()?.timer()
     }
 
     /// Why the node is done, or `None` while it is live. One load, except
@@ -395,7 +433,8 @@ impl Node {
     /// parent's child list and its second parent's merged list; for a grace
     /// node, its callback leaves its anchor's callback list.
     fn leave_lists(&self) {
-        if let Some(link_parent) = self.link_parent() {
+        let extra = self.extra();
+        if let Some(link_parent) = Self::link_parent(&self.parent, extra) {
             let mut children = lock(&link_parent.children);
             // SAFETY: this node is live (we hold `&self`), and the only
             // child list it is ever linked into is its link parent's
@@ -404,7 +443,7 @@ impl Node {
         }
         // Only nodes born with an `Extra` are in a merged list or have a
         // grace callback in their anchor's list.
-        if self.extra().is_some() {
+        if extra.is_some() {
             merge::leave(self);
             grace::leave(self);
         }
@@ -423,6 +462,35 @@ unsafe impl Counted for Node {
     #[inline]
     fn ref_count(&self) -> &RefCount {
         &self.count
+    }
+
+    /// For a node with nothing out of line, whose count is one (the
+    /// caller's handle): it is in no list but its link parent's child list
+    /// and has no back-reference, so the only way another thread can make a
+    /// handle to it is `try_acquire` under that list's lock. Under that lock,
+    /// a count still at one means no walker holds a handle, and once the
+    /// node has left the list none can make one.
+    #[inline]
+    fn last_release_if_unique(&self) -> bool {
+        // Only a handle can give a node its out-of-line part (a callback, a
+        // merged child registering), and there is no other handle.
+        if self.rare.get().is_some() {
+            return false;
+        }
+        let Some(link_parent) = Self::link_parent(&self.parent, None) else {
+            // In no list at all: only handles reach it, and ours is the one.
+            return true;
+        };
+        let mut children = lock(&link_parent.children);
+        if !self.count.is_unique() {
+            // A walker found it and holds a handle: the usual way, then.
+            return false;
+        }
+        // SAFETY: this node is live (our handle), and the only child list it
+        // is ever linked into is its link parent's (invariant 2), whose lock
+        // we hold.
+        unsafe { children.remove(NonNull::from(self)) };
+        true
     }
 
     fn last_release(&self) {
@@ -464,7 +532,11 @@ impl Drop for Node {
         // of merges through second parents, drops in constant stack.
         release_one(std::mem::take(&mut self.parent));
         let extra = self.rare.get_mut().and_then(|r| r.extra.as_mut());
-        if let Some(merge) = extra.and_then(|e| e.merge.as_mut()) {
+        if let Some(Extra {
+            role: Role::Merge(merge),
+            ..
+        }) = extra
+        {
             release_one(std::mem::take(&mut merge.other));
         }
     }
@@ -485,20 +557,16 @@ pub(crate) fn derive_cancel(
         if parent_deadline.is_some_and(|p| p <= when) {
             return Extra {
                 deadline: parent_deadline,
-                timer: None,
-                merge: None,
-                grace: None,
+                role: Role::Inherits,
             };
         }
         Extra {
             deadline: Some(when),
-            timer: Some(Arc::new(DeadlineTimer::new(
+            role: Role::Timer(Arc::new(DeadlineTimer::new(
                 when,
                 Error::DeadlineExceeded,
                 cause,
             ))),
-            merge: None,
-            grace: None,
         }
     });
     let (node, handle) = NodeRef::new_pair(Node::new(parent, extra));

@@ -36,6 +36,14 @@ impl RefCount {
     pub(crate) fn new() -> RefCount {
         RefCount(AtomicUsize::new(1))
     }
+
+    /// Whether the count is one: to a caller that holds a handle, that its
+    /// handle is the only one. Acquire, as a last release's is: every other
+    /// handle's uses happen before whatever the caller does next.
+    #[inline]
+    pub(crate) fn is_unique(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 1
+    }
 }
 
 /// A value that [`NodeRef`] can own.
@@ -57,6 +65,24 @@ pub(crate) unsafe trait Counted {
     /// Called once, by the handle whose drop takes the count to zero,
     /// before the value is freed; see the trait's `# Safety`.
     fn last_release(&self);
+
+    /// A shortcut for a last handle, which saves the decrement: called by a
+    /// handle that has found the count at one (its own, so the value is not
+    /// freed meanwhile). Returns `true` if it has done what
+    /// [`last_release`](Counted::last_release) does, and made sure, at a
+    /// moment when the count was still one, that nothing can make a new
+    /// handle any more: the value is then freed at once, with the count
+    /// untouched. Returns `false`, having changed nothing, otherwise; the
+    /// handle then decrements as usual. By default, `false`.
+    ///
+    /// The implementor's `# Safety` covers this too: returning `true` is a
+    /// promise that no other thread can reach the value any more, as when
+    /// `last_release` returns, and that no handle but the caller's existed
+    /// then.
+    #[inline]
+    fn last_release_if_unique(&self) -> bool {
+        false
+    }
 
     /// Frees the value at `this`, after its last release. By default it is
     /// a `Box<Self>`; a value that is the head of a larger allocation (a
@@ -258,6 +284,15 @@ impl<T: Counted> Clone for NodeRef<T> {
 impl<T: Counted> Drop for NodeRef<T> {
     #[inline]
     fn drop(&mut self) {
+        // The only handle: the value may know a way out without the
+        // decrement (`Counted::last_release_if_unique`).
+        if self.ref_count().is_unique() && (**self).last_release_if_unique() {
+            // SAFETY: as in `release_last`: the value says that nobody else
+            // can reach it and no other handle exists, and the Acquire of
+            // `is_unique` orders every other handle's uses before this.
+            unsafe { T::free(self.ptr) };
+            return;
+        }
         // Release: our uses of the value happen before whoever frees it.
         if self.ref_count().0.fetch_sub(1, Ordering::Release) != 1 {
             return;

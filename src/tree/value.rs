@@ -107,6 +107,13 @@ unsafe impl Counted for ValueNode {
 
     fn last_release(&self) {}
 
+    /// In no list and with no back-reference: only handles reach a value
+    /// node, and the caller's is the only one.
+    #[inline]
+    fn last_release_if_unique(&self) -> bool {
+        true
+    }
+
     unsafe fn free(this: NonNull<ValueNode>) {
         // SAFETY: the header is live until freed just below.
         let free = unsafe { this.as_ref() }.free;
