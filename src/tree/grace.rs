@@ -89,7 +89,7 @@ pub(crate) fn derive_grace(parent: &Context, period: Duration) -> (NodeRef<Node>
     };
     // Not linked into the anchor's child list: the anchor's walk must not
     // finish it (`Node::link_parent` is `None` for it).
-    let (node, handle) = NodeRef::new_pair(Node::new(parent, Some(extra)));
+    let (node, handle) = Node::new_pair(parent, Some(extra));
     if let (Some(anchor), Some(start)) = (anchor, start) {
         // SAFETY: the node's last release revokes `start.child` (`release`),
         // and `start` is the one in the node's `Extra`.

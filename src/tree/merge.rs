@@ -38,6 +38,7 @@
 
 use std::ptr::NonNull;
 
+use super::drop_chain::release_one;
 use super::list::{Link, Pointers};
 use super::node_ref::NodeRef;
 use super::state::Finish;
@@ -58,6 +59,14 @@ pub(super) struct MergeLink {
     registered: AtomicBool,
     /// The node's place in that list.
     links: Pointers<Node>,
+}
+
+impl Drop for MergeLink {
+    fn drop(&mut self) {
+        // Without recursion, as a node lets go of its first parent: a chain
+        // of merges through second parents drops in constant stack.
+        release_one(std::mem::take(&mut self.other));
+    }
 }
 
 impl MergeLink {
@@ -107,7 +116,7 @@ pub(crate) fn derive_merged(first: &Context, second: &Context) -> (NodeRef<Node>
             links: Pointers::new(),
         }),
     };
-    let (node, handle) = NodeRef::new_pair(Node::new(first, Some(extra)));
+    let (node, handle) = Node::new_pair(first, Some(extra));
     link(first, &node);
     // A second parent that is already done makes the child done at once
     // with its reason, unless the first parent's came first. (A second

@@ -2,7 +2,8 @@
 //! derived, linked and freed. The cancel walk is in `walk.rs`, merged nodes'
 //! rules in `merge.rs`, deadlines in `deadline.rs`, `after_func` callbacks
 //! in `callbacks.rs`, grace nodes (`with_grace`) in `grace.rs`, value nodes
-//! in `value.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
+//! in `value.rs`, the one-allocation layout of a node born with an
+//! out-of-line part in `wide.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
 //! count), `list.rs` (the intrusive list), `state.rs` (the state word),
 //! `tagged.rs` (a `Context` in one word) and `once_box.rs` (a node's
 //! out-of-line part); they know nothing of this policy.
@@ -100,6 +101,7 @@ mod state;
 mod tagged;
 mod value;
 mod walk;
+mod wide;
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -218,9 +220,10 @@ pub(crate) struct Node {
     /// The node's children; its lock is the node's lock.
     children: Mutex<List<ChildLink>>,
     parent: Context,
-    /// What only some nodes have, out of line: set at birth for deadline,
-    /// merged and grace nodes, on first use (a callback, a merged node
-    /// registering) for the rest.
+    /// What only some nodes have, out of line: for deadline, merged and
+    /// grace nodes, right after the node in the same allocation (`wide.rs`);
+    /// for the rest, a box of its own made on first use (a callback, a
+    /// merged node registering).
     rare: OnceBox<Rare>,
 }
 
@@ -234,11 +237,15 @@ struct Rare {
 }
 
 impl Rare {
-    fn new(extra: Option<Extra>) -> Box<Rare> {
-        Box::new(Rare {
+    fn with(extra: Option<Extra>) -> Rare {
+        Rare {
             extra,
             attached: Mutex::new(Attached::new()),
-        })
+        }
+    }
+
+    fn new(extra: Option<Extra>) -> Box<Rare> {
+        Box::new(Rare::with(extra))
     }
 }
 
@@ -313,19 +320,24 @@ unsafe impl Link for ChildLink {
 
 impl Node {
     #[inline]
-    fn new(parent: &Context, extra: Option<Extra>) -> Node {
+    fn new_pair(parent: &Context, extra: Option<Extra>) -> (NodeRef<Node>, NodeRef<Node>) {
         let aux = extra
             .as_ref()
             .and_then(Extra::merge)
             .is_some_and(|m| m.second().is_some());
-        Node {
+        let node = Node {
             count: RefCount::new(),
             state: StateCell::new(aux),
             event: Event::new(),
             links: Pointers::new(),
             children: Mutex::new(List::new()),
             parent: parent.clone(),
-            rare: OnceBox::new(extra.map(|extra| Rare::new(Some(extra)))),
+            rare: OnceBox::new(None),
+        };
+        match extra {
+            None => NodeRef::new_pair(node),
+            // One allocation for the node and its out-of-line part.
+            Some(extra) => wide::new_pair(node, extra),
         }
     }
 
@@ -493,6 +505,22 @@ unsafe impl Counted for Node {
         true
     }
 
+    /// A node born with an out-of-line part shares its allocation with it
+    /// (`wide.rs`); a plain one is a `Box<Node>`.
+    unsafe fn free(this: NonNull<Node>) {
+        // SAFETY: the node is live until freed below; a shared reference,
+        // dropped before anything is freed.
+        let wide = unsafe { this.as_ref() }.rare.is_borrowed();
+        if wide {
+            // SAFETY: only `wide::new_pair` makes a borrowed `rare`; the
+            // rest is `Counted::free`'s contract, which our caller keeps.
+            unsafe { wide::free(this) };
+        } else {
+            // SAFETY: made by `NodeRef::new_pair`, from a `Box<Node>`.
+            drop(unsafe { Box::from_raw(this.as_ptr()) });
+        }
+    }
+
     fn last_release(&self) {
         self.leave_lists();
         // A node with nothing out of line has no timer, no grace and
@@ -531,14 +559,7 @@ impl Drop for Node {
         // The parents are let go of without recursion: a chain of nodes, or
         // of merges through second parents, drops in constant stack.
         release_one(std::mem::take(&mut self.parent));
-        let extra = self.rare.get_mut().and_then(|r| r.extra.as_mut());
-        if let Some(Extra {
-            role: Role::Merge(merge),
-            ..
-        }) = extra
-        {
-            release_one(std::mem::take(&mut merge.other));
-        }
+        // A second parent is let go of the same way, by `MergeLink`'s drop.
     }
 }
 
@@ -569,7 +590,7 @@ pub(crate) fn derive_cancel(
             ))),
         }
     });
-    let (node, handle) = NodeRef::new_pair(Node::new(parent, extra));
+    let (node, handle) = Node::new_pair(parent, extra);
     link(parent, &node);
     if let Some(timer) = node.timer() {
         // SAFETY: the node's last release revokes `timer.node`.

@@ -172,6 +172,27 @@ impl<T: Counted> NodeRef<T> {
         }
     }
 
+    /// Two handles to a new value that the caller has put in place, for
+    /// the price of one count write.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` points at a new `T`, not yet shared, whose count is fresh from
+    /// [`RefCount::new`], at the start of an allocation that
+    /// [`Counted::free`] frees, with the provenance of that allocation.
+    pub(crate) unsafe fn adopt_pair(ptr: NonNull<T>) -> (NodeRef<T>, NodeRef<T>) {
+        // SAFETY: the caller's promise: a live `T` nobody else sees yet.
+        let value = unsafe { ptr.as_ref() };
+        debug_assert_eq!(value.ref_count().0.load(Ordering::Relaxed), 1);
+        // Relaxed: the value is not shared yet.
+        value.ref_count().0.store(2, Ordering::Relaxed);
+        let handle = || NodeRef {
+            ptr,
+            _owns: PhantomData,
+        };
+        (handle(), handle())
+    }
+
     /// The value's address, with the provenance of its whole allocation:
     /// what lists store and [`try_acquire`](Self::try_acquire) takes back.
     #[inline]

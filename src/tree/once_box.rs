@@ -10,12 +10,19 @@
 //! so a reference handed out by [`get`](OnceBox::get) is valid for as long
 //! as the `OnceBox` is borrowed.
 //!
+//! A value set at birth may also live outside any box of the `OnceBox`'s
+//! own, in memory its owner manages (the rest of the node's allocation):
+//! the word then carries a tag bit, and the `OnceBox` never frees it.
+//!
 //! This module knows nothing of the tree.
 
 use std::marker::PhantomData;
-use std::ptr;
+use std::ptr::{self, NonNull};
 
 use crate::sync::{AtomicPtr, Ordering};
+
+/// Set in the word when the value is not the `OnceBox`'s to free.
+const BORROWED: usize = 1;
 
 /// A `Box<T>`, set at most once, readable from any thread.
 pub(crate) struct OnceBox<T> {
@@ -32,6 +39,8 @@ unsafe impl<T: Send> Send for OnceBox<T> {}
 unsafe impl<T: Send + Sync> Sync for OnceBox<T> {}
 
 impl<T> OnceBox<T> {
+    const TAG_FITS: () = assert!(std::mem::align_of::<T>() > BORROWED, "tag bit taken");
+
     /// A `OnceBox` holding `value`, or nothing yet.
     pub(crate) fn new(value: Option<Box<T>>) -> OnceBox<T> {
         OnceBox {
@@ -40,15 +49,41 @@ impl<T> OnceBox<T> {
         }
     }
 
+    /// A `OnceBox` holding the value at `value`, which it never frees.
+    ///
+    /// # Safety
+    ///
+    /// `value` points at a live `T`, with the provenance to read it, that
+    /// outlives the `OnceBox` and that nothing writes to or makes `&mut` to
+    /// while the `OnceBox` lives. Its owner drops it.
+    pub(crate) unsafe fn borrowed(value: NonNull<T>) -> OnceBox<T> {
+        // `T` is aligned to at least 2 (checked at compile time), so the tag
+        // bit is free; set by pointer arithmetic, which keeps the provenance.
+        #[allow(clippy::let_unit_value)]
+        let () = Self::TAG_FITS;
+        OnceBox {
+            ptr: AtomicPtr::new(value.as_ptr().cast::<u8>().wrapping_add(BORROWED).cast()),
+            _owns: PhantomData,
+        }
+    }
+
+    /// Whether the value is borrowed ([`borrowed`](Self::borrowed)), not
+    /// owned.
+    pub(crate) fn is_borrowed(&self) -> bool {
+        // A pointer-to-integer cast: reads the tag, exposes nothing.
+        self.ptr.load(Ordering::Relaxed) as usize & BORROWED != 0
+    }
+
     /// The value, if it has been set.
     #[inline]
     pub(crate) fn get(&self) -> Option<&T> {
         // Acquire: pairs with the Release of the CAS that published it, so
         // the value's contents are visible.
-        let ptr = self.ptr.load(Ordering::Acquire);
+        let ptr = untagged(self.ptr.load(Ordering::Acquire));
         // SAFETY: a non-null pointer came from `Box::into_raw` (in `new` or
         // `get_or_init`) and is never replaced; the box is freed only by
         // `drop`, which needs `&mut self`, so not while `&self` is borrowed.
+        // A borrowed value outlives `self` (the contract of `borrowed`).
         // Only shared references to it are ever made through `&self`.
         unsafe { ptr.as_ref() }
     }
@@ -78,14 +113,6 @@ impl<T> OnceBox<T> {
         }
     }
 
-    /// The value, with `&mut`: nobody else can be reading it.
-    pub(crate) fn get_mut(&mut self) -> Option<&mut T> {
-        let ptr = self.load_mut();
-        // SAFETY: as in `get`, a non-null pointer is a live box owned by
-        // `self`, and `&mut self` excludes every other reference to it.
-        unsafe { ptr.as_mut() }
-    }
-
     fn load_mut(&mut self) -> *mut T {
         #[cfg(not(loom))]
         let ptr = *self.ptr.get_mut();
@@ -95,10 +122,19 @@ impl<T> OnceBox<T> {
     }
 }
 
+/// The pointer in a word, without its tag, provenance intact.
+#[inline]
+fn untagged<T>(word: *mut T) -> *mut T {
+    word.cast::<u8>()
+        .wrapping_sub(word as usize & BORROWED)
+        .cast()
+}
+
 impl<T> Drop for OnceBox<T> {
     fn drop(&mut self) {
         let ptr = self.load_mut();
-        if !ptr.is_null() {
+        // A borrowed value is its owner's to drop.
+        if !ptr.is_null() && ptr as usize & BORROWED == 0 {
             // SAFETY: the pointer came from `Box::into_raw` and is owned by
             // `self` alone; `&mut self` means nobody reads it any more.
             drop(unsafe { Box::from_raw(ptr) });
@@ -127,13 +163,30 @@ mod tests {
         assert!(born.get().is_some());
         // Already set: `make` is not called.
         born.get_or_init(|| unreachable!());
-        let mut empty = OnceBox::<Counted>::new(None);
+        let empty = OnceBox::<Counted>::new(None);
         assert!(empty.get().is_none());
-        assert!(empty.get_mut().is_none());
         empty.get_or_init(|| Box::new(Counted(drops.clone())));
-        assert!(empty.get_mut().is_some());
+        assert!(empty.get().is_some());
         drop((born, empty));
         assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_borrowed_value_is_read_but_never_freed() {
+        let drops = Arc::new(StdAtomicUsize::new(0));
+        let mut outside = std::mem::ManuallyDrop::new(Counted(drops.clone()));
+        let value = NonNull::from(&mut *outside);
+        // SAFETY: `outside` outlives the cell and is dropped by us below.
+        let cell = unsafe { OnceBox::borrowed(value) };
+        assert!(cell.is_borrowed());
+        assert!(std::ptr::eq(cell.get().unwrap(), value.as_ptr()));
+        cell.get_or_init(|| unreachable!());
+        drop(cell);
+        assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // SAFETY: the cell is gone; this is the value's only owner.
+        unsafe { std::mem::ManuallyDrop::drop(&mut outside) };
+        assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!OnceBox::<u64>::new(Some(Box::new(1))).is_borrowed());
     }
 
     /// Threads racing to set it: one value wins, every thread sees that
