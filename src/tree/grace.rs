@@ -81,7 +81,7 @@ pub(crate) fn derive_grace(parent: &Context, period: Duration) -> (NodeRef<Node>
     let anchor = parent.repr.anchor();
     let start = anchor.map(|_| Arc::new(GraceStart::new(period)));
     let extra = Extra {
-        deadline,
+        deadline: Some(deadline),
         role: Role::Grace(Grace {
             period,
             start: start.clone(),

@@ -70,6 +70,13 @@ impl Drop for MergeLink {
 }
 
 impl MergeLink {
+    /// Whether the node has registered on its second parent. Relaxed: the
+    /// node's last handle asks, and the count's Acquire made the write of
+    /// whoever registered (holding a handle) visible.
+    pub(super) fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
     /// The second parent's cancellable node, if it can ever be done.
     #[inline]
     pub(super) fn second(&self) -> Option<&NodeRef<Node>> {
@@ -100,10 +107,12 @@ unsafe impl Link for MergedLink {
 /// Derives the child of `first` that is also done when `second` is.
 /// Returns its two handles.
 pub(crate) fn derive_merged(first: &Context, second: &Context) -> (NodeRef<Node>, NodeRef<Node>) {
-    let deadline = match (first.deadline(), second.deadline()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    // Without a deadline on the second path, the first parent's is the
+    // node's: it asks its parent, as a plain node does, and nobody walks up
+    // now. Otherwise it keeps the earlier of the two.
+    let deadline = second
+        .deadline()
+        .map(|second| Some(first.deadline().map_or(second, |first| first.min(second))));
     if let Some(anchor) = second.repr.anchor() {
         // Our second parent's state must be its own to read.
         join_second_parent(anchor);

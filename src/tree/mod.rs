@@ -3,7 +3,7 @@
 //! rules in `merge.rs`, deadlines in `deadline.rs`, `after_func` callbacks
 //! in `callbacks.rs`, grace nodes (`with_grace`) in `grace.rs`, value nodes
 //! in `value.rs`, the one-allocation layout of a node born with an
-//! out-of-line part in `wide.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
+//! out-of-line part in `alloc.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
 //! count), `list.rs` (the intrusive list), `state.rs` (the state word),
 //! `tagged.rs` (a `Context` in one word) and `once_box.rs` (a node's
 //! out-of-line part); they know nothing of this policy.
@@ -89,6 +89,7 @@
 //!   may cancel, derive or drop anything in the tree, its own node's
 //!   ancestors included.
 
+mod alloc;
 mod callbacks;
 mod deadline;
 mod drop_chain;
@@ -101,7 +102,6 @@ mod state;
 mod tagged;
 mod value;
 mod walk;
-mod wide;
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -221,7 +221,7 @@ pub(crate) struct Node {
     children: Mutex<List<ChildLink>>,
     parent: Context,
     /// What only some nodes have, out of line: for deadline, merged and
-    /// grace nodes, right after the node in the same allocation (`wide.rs`);
+    /// grace nodes, right after the node in the same allocation (`alloc.rs`);
     /// for the rest, a box of its own made on first use (a callback, a
     /// merged node registering).
     rare: OnceBox<Rare>,
@@ -253,8 +253,9 @@ impl Rare {
 /// fixed at birth.
 struct Extra {
     /// The earliest deadline on the path to the root (for a merged node,
-    /// on either path). Nodes without an `Extra` ask their parent.
-    deadline: Option<Instant>,
+    /// on either path), or `None` to ask the parent, as nodes without an
+    /// `Extra` do (a merged node whose second parent has no deadline).
+    deadline: Option<Option<Instant>>,
     /// What kind of node it is.
     role: Role,
 }
@@ -294,6 +295,17 @@ impl Extra {
             _ => None,
         }
     }
+
+    /// Whether a node of this kind is reached, besides its handles, only
+    /// through its link parent's child list: no timer or grace holding a
+    /// back-reference, not registered in a second parent's merged list.
+    fn reached_by_link_only(&self) -> bool {
+        match &self.role {
+            Role::Inherits => true,
+            Role::Merge(merge) => !merge.is_registered(),
+            Role::Timer(_) | Role::Grace(_) => false,
+        }
+    }
 }
 
 /// What a cancellable node is, for `Display`.
@@ -325,19 +337,19 @@ impl Node {
             .as_ref()
             .and_then(Extra::merge)
             .is_some_and(|m| m.second().is_some());
-        let node = Node {
+        let make = |rare| Node {
             count: RefCount::new(),
             state: StateCell::new(aux),
             event: Event::new(),
             links: Pointers::new(),
             children: Mutex::new(List::new()),
             parent: parent.clone(),
-            rare: OnceBox::new(None),
+            rare,
         };
         match extra {
-            None => NodeRef::new_pair(node),
+            None => alloc::plain_pair(make),
             // One allocation for the node and its out-of-line part.
-            Some(extra) => wide::new_pair(node, extra),
+            Some(extra) => alloc::wide_pair(make, extra),
         }
     }
 
@@ -396,15 +408,19 @@ impl Node {
     }
 
     /// The earliest deadline on the path to the root: kept by the nearest
-    /// node born with an `Extra` (every deadline, merged and grace node),
-    /// found by walking up through the plain ones, as Go does. Deriving a
+    /// deadline or grace node (or merged node whose second parent has one),
+    /// found by walking up through the others, as Go does. Deriving a
     /// deadline node keeps its deadline even when its parent's is earlier,
     /// so that a chain of them never walks far.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let mut node = self;
         loop {
-            if let Some(extra) = node.extra() {
-                return extra.deadline;
+            if let Some(Extra {
+                deadline: Some(kept),
+                ..
+            }) = node.extra()
+            {
+                return *kept;
             }
             node = node.parent.repr.anchor()?;
         }
@@ -439,6 +455,43 @@ impl Node {
     pub(crate) fn mark_listened(this: &NodeRef<Node>) -> Option<Error> {
         merge::join_second_parent(this);
         this.state.mark_listened()
+    }
+
+    /// `last_release_if_unique` for a node with an out-of-line part.
+    #[inline(never)]
+    fn last_release_if_unique_rare(&self, rare: &Rare) -> bool {
+        // Something was attached (a callback, a merged node, a timer) or the
+        // node is in more than one list (a registered merged node) or has
+        // back-references (a timer's, a grace's): the usual way. None of
+        // these can start now: each needs a handle, and ours is the only
+        // one (its Acquire made every earlier one visible).
+        match &rare.extra {
+            Some(extra) if extra.reached_by_link_only() && !self.state.has_dependents() => {
+                self.leave_link_parent_if_unique(Some(extra))
+            }
+            _ => false,
+        }
+    }
+
+    /// The end of `last_release_if_unique`, for a node reached only through
+    /// handles and its link parent's child list: leaves that list if, under
+    /// its lock, the count is still one.
+    #[inline]
+    fn leave_link_parent_if_unique(&self, extra: Option<&Extra>) -> bool {
+        let Some(link_parent) = Self::link_parent(&self.parent, extra) else {
+            // In no list at all: only handles reach it, and ours is the one.
+            return true;
+        };
+        let mut children = lock(&link_parent.children);
+        if !self.count.is_unique() {
+            // A walker found it and holds a handle: the usual way, then.
+            return false;
+        }
+        // SAFETY: this node is live (our handle), and the only child list it
+        // is ever linked into is its link parent's (invariant 2), whose lock
+        // we hold.
+        unsafe { children.remove(NonNull::from(self)) };
+        true
     }
 
     /// Leaves the lists this node is linked into (invariant 2): its link
@@ -476,49 +529,26 @@ unsafe impl Counted for Node {
         &self.count
     }
 
-    /// For a node with nothing out of line, whose count is one (the
-    /// caller's handle): it is in no list but its link parent's child list
-    /// and has no back-reference, so the only way another thread can make a
-    /// handle to it is `try_acquire` under that list's lock. Under that lock,
-    /// a count still at one means no walker holds a handle, and once the
-    /// node has left the list none can make one.
+    /// For a node whose count is one (the caller's handle) and that is in
+    /// no list but its link parent's child list and has handed out no
+    /// back-reference: the only way another thread can make a handle to it
+    /// is `try_acquire` under that list's lock. Under that lock, a count
+    /// still at one means no walker holds a handle, and once the node has
+    /// left the list none can make one.
     #[inline]
     fn last_release_if_unique(&self) -> bool {
-        // Only a handle can give a node its out-of-line part (a callback, a
-        // merged child registering), and there is no other handle.
-        if self.rare.get().is_some() {
-            return false;
+        match self.rare.get() {
+            None => self.leave_link_parent_if_unique(None),
+            Some(rare) => self.last_release_if_unique_rare(rare),
         }
-        let Some(link_parent) = Self::link_parent(&self.parent, None) else {
-            // In no list at all: only handles reach it, and ours is the one.
-            return true;
-        };
-        let mut children = lock(&link_parent.children);
-        if !self.count.is_unique() {
-            // A walker found it and holds a handle: the usual way, then.
-            return false;
-        }
-        // SAFETY: this node is live (our handle), and the only child list it
-        // is ever linked into is its link parent's (invariant 2), whose lock
-        // we hold.
-        unsafe { children.remove(NonNull::from(self)) };
-        true
     }
 
-    /// A node born with an out-of-line part shares its allocation with it
-    /// (`wide.rs`); a plain one is a `Box<Node>`.
+    /// A node born with an out-of-line part shares its allocation with it;
+    /// a plain one is a lone node (`alloc.rs`).
     unsafe fn free(this: NonNull<Node>) {
-        // SAFETY: the node is live until freed below; a shared reference,
-        // dropped before anything is freed.
-        let wide = unsafe { this.as_ref() }.rare.is_borrowed();
-        if wide {
-            // SAFETY: only `wide::new_pair` makes a borrowed `rare`; the
-            // rest is `Counted::free`'s contract, which our caller keeps.
-            unsafe { wide::free(this) };
-        } else {
-            // SAFETY: made by `NodeRef::new_pair`, from a `Box<Node>`.
-            drop(unsafe { Box::from_raw(this.as_ptr()) });
-        }
+        // SAFETY: `Counted::free`'s contract, which our caller keeps; every
+        // node is made by `alloc.rs` (`Node::new_pair`).
+        unsafe { alloc::free(this) };
     }
 
     fn last_release(&self) {
@@ -577,12 +607,12 @@ pub(crate) fn derive_cancel(
         let parent_deadline = parent.deadline();
         if parent_deadline.is_some_and(|p| p <= when) {
             return Extra {
-                deadline: parent_deadline,
+                deadline: Some(parent_deadline),
                 role: Role::Inherits,
             };
         }
         Extra {
-            deadline: Some(when),
+            deadline: Some(Some(when)),
             role: Role::Timer(Arc::new(DeadlineTimer::new(
                 when,
                 Error::DeadlineExceeded,

@@ -134,6 +134,7 @@ impl<T: Counted> NodeRef<T> {
     }
 
     /// Two handles to a new value, for the price of one count write.
+    #[cfg(test)]
     pub(crate) fn new_pair(value: T) -> (NodeRef<T>, NodeRef<T>) {
         // Relaxed: the value is not shared yet.
         value.ref_count().0.store(2, Ordering::Relaxed);
