@@ -2,6 +2,7 @@
 //! will run it and the handle that can stop it; and what a node keeps of
 //! them. A grace node's callback (`grace.rs`) sits in the same list.
 
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -94,7 +95,9 @@ impl<F: FnOnce() + Send + 'static> Callback for Slot<F> {
 /// the first time something is.
 pub(super) struct Attached {
     /// `after_func` callbacks, taken by the winner of the node's finish.
-    pub(super) callbacks: Vec<Arc<dyn Callback>>,
+    /// Dropped by hand (`Drop for Attached`): most nodes never have one,
+    /// and an empty list then costs no call to drop.
+    pub(super) callbacks: ManuallyDrop<Vec<Arc<dyn Callback>>>,
     /// Merged nodes whose second parent this node is, registered
     /// (`merge.rs`). They stay until they leave (invariant 2).
     pub(super) merged: List<MergedLink>,
@@ -103,17 +106,27 @@ pub(super) struct Attached {
 impl Attached {
     pub(super) fn new() -> Attached {
         Attached {
-            callbacks: Vec::new(),
+            callbacks: ManuallyDrop::new(Vec::new()),
             merged: List::new(),
         }
     }
 
     /// The node is going away: its callbacks will never run.
-    pub(super) fn discard(self) {
+    pub(super) fn discard(mut self) {
         // Invariant 3: every merged node held this one, so none is left.
         debug_assert!(self.merged.is_empty());
-        for callback in self.callbacks {
+        for callback in std::mem::take(&mut *self.callbacks) {
             callback.discard();
+        }
+    }
+}
+
+impl Drop for Attached {
+    #[inline]
+    fn drop(&mut self) {
+        // An empty list owns nothing: left undropped, it leaks nothing.
+        if self.callbacks.capacity() != 0 {
+            drop(std::mem::take(&mut *self.callbacks));
         }
     }
 }
@@ -161,7 +174,7 @@ pub(super) fn add(node: &NodeRef<Node>, callback: Arc<dyn Callback>) -> Option<A
     // lock is taken: leaf locks do not nest.)
     unsafe { callback.node().set(node) };
     let mut attached = lock(node.attached());
-    let list = &mut attached.callbacks;
+    let list: &mut Vec<_> = &mut attached.callbacks;
     // Relaxed: positions are only read and written under this lock.
     callback.position().store(list.len(), Ordering::Relaxed);
     list.push(callback);
@@ -193,7 +206,7 @@ pub(super) fn remove(node: &Node, callback: &dyn Callback) {
             return;
         };
         let mut attached = lock(attached);
-        let list = &mut attached.callbacks;
+        let list: &mut Vec<_> = &mut attached.callbacks;
         // Positions are exact for every callback in the list, so a callback
         // not at its position is not in the list (a walk took it).
         let at = callback.position().load(Ordering::Relaxed);

@@ -150,7 +150,7 @@ impl Walk {
                         self.reach(merged, reason, Path::Merged);
                     }
                     if won {
-                        std::mem::take(&mut attached.callbacks)
+                        std::mem::take(&mut *attached.callbacks)
                     } else {
                         Vec::new()
                     }
