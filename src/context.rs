@@ -17,8 +17,8 @@ use crate::tree::{
 /// A node in a cancellation tree: it is done when cancelled, when its
 /// deadline passes, or when its parent is done, and it carries values.
 ///
-/// `Context` is cheap to clone (one reference-count increment) and can be sent
-/// anywhere. The roots, [`background`](Context::background) and
+/// `Context` is one word, cheap to clone (one reference-count increment),
+/// and can be sent anywhere. The roots, [`background`](Context::background) and
 /// [`todo`](Context::todo), are never done and allocate nothing. Every other
 /// context is derived from a parent, with `with_*`, and lives while any of
 /// its clones, its [`Canceller`], a [`Done`] or a [`Run`] of it lives.
@@ -568,6 +568,11 @@ impl Context {
 
     /// `deadline` returns the earliest deadline on the path to the root, if
     /// any.
+    ///
+    /// Deadline contexts keep theirs; the others ask their parent, as in Go,
+    /// so the cost grows with the number of `with_cancel` and `with_value`
+    /// levels between this context and the nearest deadline (or the root).
+    /// Keeping no deadline is part of what makes a `with_cancel` node small.
     ///
     /// # Examples
     ///
