@@ -37,7 +37,10 @@
 //!    (its state even changed) while the lock is held, whatever its count,
 //!    and is turned into a handle only by `NodeRef::try_acquire`, which
 //!    fails once the count is zero. Nothing ever has `&mut Node` but the
-//!    final drop.
+//!    final drop. (A last handle that finds the count at one may skip the
+//!    decrement when the node is reachable only through its link parent's
+//!    list: under that lock, a count still at one means no walker holds a
+//!    handle; `last_release_if_unique`.)
 //! 5. **Attach, then flag.** Before a child is linked, a callback or merged
 //!    node registered or a timer armed, the node's `DEPENDENTS` flag is set
 //!    by a read-modify-write of its state word (under its lock, for all but
