@@ -117,3 +117,49 @@ pub(super) unsafe fn free(this: NonNull<Node>) {
         drop(Box::from_raw(wide.cast::<MaybeUninit<Wide>>()));
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use crate::Context;
+
+    /// Counts its drops.
+    struct Probe(Arc<AtomicUsize>);
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A merged node is one allocation, node and tail: the tail holds the
+    /// second parent, which goes (once) when the node does, whichever of
+    /// its handles is last and on whichever thread; a plain node beside it
+    /// is freed as a lone node.
+    #[test]
+    fn a_node_and_its_tail_are_freed_together() {
+        for last_on_thread in [false, true] {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let (first, _c1) = Context::background().with_cancel();
+            let (second, cancel_second) = Context::background()
+                .with_value(Probe(drops.clone()))
+                .with_cancel();
+            let (merged, merged_cancel) = first.merge(&second);
+            let plain = first.with_cancel();
+            drop((second, cancel_second));
+            assert_eq!(drops.load(Ordering::SeqCst), 0, "the tail holds it");
+            assert!(merged.to_string().contains(".Merge("));
+            drop(merged);
+            if last_on_thread {
+                std::thread::spawn(move || drop(merged_cancel))
+                    .join()
+                    .unwrap();
+            } else {
+                drop(merged_cancel);
+            }
+            assert_eq!(drops.load(Ordering::SeqCst), 1);
+            drop(plain);
+        }
+    }
+}

@@ -130,3 +130,91 @@ impl Drop for ValueNode {
         release_one(std::mem::take(&mut self.parent));
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use crate::Context;
+
+    /// Counts its drops.
+    struct Probe(Arc<AtomicUsize>);
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[repr(align(64))]
+    #[derive(Debug, PartialEq)]
+    struct Wide([u64; 8]);
+
+    #[derive(Debug, PartialEq)]
+    struct Unit;
+
+    /// Values of every shape (no size, one byte, an alignment above the
+    /// header's, a heap-owning one) are found through the header's
+    /// function and dropped once, with the node.
+    #[test]
+    fn values_of_every_layout_are_found_and_dropped_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let root = Context::background();
+        let ctx = root
+            .with_value(Unit)
+            .with_value(7u8)
+            .with_value(Wide([1, 2, 3, 4, 5, 6, 7, 8]))
+            .with_value(String::from("hello"))
+            .with_value(Probe(drops.clone()));
+        assert_eq!(ctx.value::<Unit>(), Some(&Unit));
+        assert_eq!(ctx.value::<u8>(), Some(&7));
+        let wide = ctx.value::<Wide>().unwrap();
+        assert_eq!(wide, &Wide([1, 2, 3, 4, 5, 6, 7, 8]));
+        assert_eq!(wide as *const Wide as usize % 64, 0);
+        assert_eq!(ctx.value::<String>().map(String::as_str), Some("hello"));
+        assert!(ctx.value::<u64>().is_none());
+        let clone = ctx.clone();
+        drop(ctx);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        assert!(clone.value::<Probe>().is_some());
+        drop(clone);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    /// The last handle of a value node may go on any thread; the value goes
+    /// with it, once.
+    #[test]
+    fn last_handles_on_other_threads_drop_the_value_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (parent, cancel) = Context::background().with_cancel();
+        let ctx = parent.with_value(Probe(drops.clone()));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let mine = ctx.clone();
+                std::thread::spawn(move || {
+                    assert!(mine.value::<Probe>().is_some());
+                    drop(mine);
+                })
+            })
+            .collect();
+        drop(ctx);
+        cancel.cancel();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(parent.is_done());
+    }
+
+    /// `without_cancel`'s node is a value node with a value nobody can ask
+    /// for: it shows as itself, and lets the values above through.
+    #[test]
+    fn a_detached_node_shows_as_itself_and_lets_values_through() {
+        let (parent, cancel) = Context::background().with_value(3u32).with_cancel();
+        let detached = parent.without_cancel();
+        cancel.cancel();
+        assert!(!detached.is_done());
+        assert_eq!(detached.value::<u32>(), Some(&3));
+        assert!(detached.to_string().ends_with(".WithoutCancel"));
+    }
+}
