@@ -123,15 +123,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    use crate::tree::Probe;
     use crate::Context;
-
-    /// Counts its drops.
-    struct Probe(Arc<AtomicUsize>);
-    impl Drop for Probe {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     /// A merged node is one allocation, node and tail: the tail holds the
     /// second parent, which goes (once) when the node does, whichever of

@@ -673,6 +673,18 @@ pub(crate) fn derive_detached(parent: &Context) -> NodeRef<ValueNode> {
     ValueNode::new(parent, None, Detached)
 }
 
+/// For the tree's unit tests: a value that counts its drops in a shared
+/// counter, to check that a node lets go of what it holds exactly once.
+#[cfg(all(test, not(loom)))]
+pub(crate) struct Probe(pub(crate) Arc<std::sync::atomic::AtomicUsize>);
+
+#[cfg(all(test, not(loom)))]
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Races through the public API on real threads, small enough for Miri:
 /// a node's last handle going on one thread while another thread reaches
 /// the node (invariant 4), for every way of reaching it.

@@ -136,15 +136,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    use crate::tree::Probe;
     use crate::Context;
-
-    /// Counts its drops.
-    struct Probe(Arc<AtomicUsize>);
-    impl Drop for Probe {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     #[repr(align(64))]
     #[derive(Debug, PartialEq)]
