@@ -7,13 +7,13 @@
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering},
-    Mutex, MutexGuard,
+    Condvar, Mutex, MutexGuard,
 };
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering},
-    Mutex, MutexGuard,
+    Condvar, Mutex, MutexGuard,
 };
 
 #[cfg(loom)]
@@ -42,14 +42,6 @@ impl<T> UnsafeCell<T> {
     #[inline]
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
         f(self.0.get())
-    }
-}
-
-/// The data of a mutex we own exclusively: no locking needed.
-pub(crate) fn get_mut<T>(mutex: &mut Mutex<T>) -> &mut T {
-    match mutex.get_mut() {
-        Ok(data) => data,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -93,6 +93,29 @@ fn cancel_races_child_drop() {
     });
 }
 
+/// A node's lock is a bit of its state word: one thread links a child
+/// (locking and flagging in one CAS) while another unlinks a child's last
+/// handle and the parent is cancelled. Whichever way the three meet, the
+/// lock excludes (the list stays whole: a later child links and unlinks
+/// cleanly), a thread that finds it held sleeps and is woken (a lost wakeup
+/// shows up as a loom deadlock), and the new child ends up done.
+#[test]
+fn link_and_unlink_contend_with_parent_cancel() {
+    model("link_and_unlink_contend_with_parent_cancel", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let old = parent.with_cancel();
+        let p = parent.clone();
+        let linker = thread::spawn(move || p.with_cancel());
+        let unlinker = thread::spawn(move || drop(old));
+        cancel.cancel();
+        let (young, _y) = linker.join().unwrap();
+        unlinker.join().unwrap();
+        assert_eq!(young.err(), Some(Error::Canceled));
+        let (late, _l) = parent.with_cancel();
+        assert!(late.is_done());
+    });
+}
+
 /// Two cancels with different causes: exactly one cause wins, and every
 /// descendant reports that same one.
 #[test]

@@ -160,9 +160,9 @@ pub(crate) fn register_callback<F: FnOnce() + Send + 'static>(
 pub(super) fn add(node: &NodeRef<Node>, callback: Arc<dyn Callback>) -> Option<Arc<dyn Callback>> {
     // Invariant 6: a merged node registers before anything attaches.
     merge::join_second_parent(node);
-    let _node = lock(&node.children);
-    // Invariant 5: flag, then attach, under the node's lock.
-    if node.state.mark_dependent().is_some() {
+    // Invariant 5: flag (as it locks), then attach, under the node's lock.
+    let (_node, err) = node.state.lock_marking();
+    if err.is_some() {
         return Some(callback);
     }
     // SAFETY: the callback goes into this node's list just below, before
@@ -201,7 +201,7 @@ pub(super) fn remove(node: &Node, callback: &dyn Callback) {
         NonNull::from(&**c).cast::<()>() == NonNull::from(callback).cast::<()>()
     };
     let removed = {
-        let _node = lock(&node.children);
+        let _node = node.state.lock();
         let Some(attached) = node.attached_if_any() else {
             return;
         };

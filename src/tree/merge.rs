@@ -156,9 +156,9 @@ pub(super) fn join_second_parent(node: &NodeRef<Node>) {
 
 #[inline(never)]
 fn register(node: &NodeRef<Node>, second: &NodeRef<Node>, merge: &MergeLink) {
-    let children = lock(&second.children);
-    // Invariant 5 on the second parent: flag, then link.
-    match second.state.mark_dependent() {
+    // Invariant 5 on the second parent: flag (as it locks), then link.
+    let (children, err) = second.state.lock_marking();
+    match err {
         None => {
             // Another thread may have registered it meanwhile: once is enough.
             if !merge.registered.load(Ordering::Relaxed) {
@@ -202,7 +202,7 @@ pub(super) fn leave(node: &Node) {
     if !merge.registered.load(Ordering::Relaxed) {
         return;
     }
-    let _second = lock(&second.children);
+    let _second = second.state.lock();
     if let Some(attached) = second.attached_if_any() {
         // SAFETY: `node` is live (the caller's `&`), and the only merged
         // list it is ever linked into is its second parent's, whose lock we

@@ -4,7 +4,8 @@
 //! in `callbacks.rs`, grace nodes (`with_grace`) in `grace.rs`, value nodes
 //! in `value.rs`, the one-allocation layout of a node born with an
 //! out-of-line part in `alloc.rs`. The `unsafe` leaves are `node_ref.rs` (the reference
-//! count), `list.rs` (the intrusive list), `state.rs` (the state word),
+//! count), `list.rs` (the intrusive list), `state.rs` (the state word, and
+//! the node's lock in it, which sleeps in `park.rs` when contended),
 //! `tagged.rs` (a `Context` in one word) and `once_box.rs` (a node's
 //! out-of-line part); they know nothing of this policy.
 //!
@@ -43,8 +44,10 @@
 //!    handle; `last_release_if_unique`.)
 //! 5. **Attach, then flag.** Before a child is linked, a callback or merged
 //!    node registered or a timer armed, the node's `DEPENDENTS` flag is set
-//!    by a read-modify-write of its state word (under its lock, for all but
-//!    the timer); the finishing CAS reports the flag. So either the attacher
+//!    by a read-modify-write of its state word (for all but the timer, the
+//!    CAS that takes the node's lock, which lives in that word:
+//!    `StateCell::lock_marking`); the finishing CAS reports the flag. So
+//!    either the attacher
 //!    sees the node done (and attaches nothing: a child or merged node is
 //!    born done, a callback runs at once) or the winner sees the flag and
 //!    visits the node under its lock, where it finds what was attached. A
@@ -64,10 +67,12 @@
 //!
 //! # Deadlock safety
 //!
-//! Locks: one per cancellable node (`children`, guarding its child list,
-//! and with it its merged list and callbacks, which sit under a leaf lock
-//! of their own in the node's out-of-line part, taken only inside the
-//! node's), and leaf locks (a `Backref`'s, a timer's
+//! Locks: one per cancellable node (two bits of its state word, guarding
+//! its child list, and with it its merged list and callbacks, which sit
+//! under a leaf lock of their own in the node's out-of-line part, taken
+//! only inside the node's; a waiter sleeps in `park.rs`, where it holds
+//! only that table's mutex, and only while it checks the word), and leaf
+//! locks (a `Backref`'s, a timer's
 //! slot, a grace's timer slot, a callback's closure) under which nothing
 //! else is locked.
 //!
@@ -101,6 +106,7 @@ mod list;
 mod merge;
 mod node_ref;
 mod once_box;
+mod park;
 mod state;
 mod tagged;
 mod value;
@@ -215,13 +221,12 @@ impl Repr {
 /// parent, or (merged) its second parent.
 pub(crate) struct Node {
     count: RefCount,
-    pub(crate) state: StateCell,
+    /// The node's state, and its lock, which guards its children.
+    pub(crate) state: StateCell<List<ChildLink>>,
     /// Notified once, with every listener, when the node becomes done.
     pub(crate) event: Event,
     /// This node's place in its link parent's child list (invariant 2).
     links: Pointers<Node>,
-    /// The node's children; its lock is the node's lock.
-    children: Mutex<List<ChildLink>>,
     parent: Context,
     /// What only some nodes have, out of line: for deadline, merged and
     /// grace nodes, right after the node in the same allocation (`alloc.rs`);
@@ -320,7 +325,7 @@ pub(crate) enum Kind<'a> {
 }
 
 /// The `Link` of child lists: through [`Node::links`].
-struct ChildLink;
+pub(crate) struct ChildLink;
 
 // SAFETY: always the node's own `links` field, which no other list kind uses.
 unsafe impl Link for ChildLink {
@@ -342,10 +347,9 @@ impl Node {
             .is_some_and(|m| m.second().is_some());
         let make = |rare| Node {
             count: RefCount::new(),
-            state: StateCell::new(aux),
+            state: StateCell::new(aux, List::new()),
             event: Event::new(),
             links: Pointers::new(),
-            children: Mutex::new(List::new()),
             parent: parent.clone(),
             rare,
         };
@@ -485,7 +489,7 @@ impl Node {
             // In no list at all: only handles reach it, and ours is the one.
             return true;
         };
-        let mut children = lock(&link_parent.children);
+        let mut children = link_parent.state.lock();
         if !self.count.is_unique() {
             // A walker found it and holds a handle: the usual way, then.
             return false;
@@ -493,7 +497,7 @@ impl Node {
         // SAFETY: this node is live (our handle), and the only child list it
         // is ever linked into is its link parent's (invariant 2), whose lock
         // we hold.
-        unsafe { children.remove(NonNull::from(self)) };
+        children.with(|list| unsafe { list.remove(NonNull::from(self)) });
         true
     }
 
@@ -503,11 +507,13 @@ impl Node {
     fn leave_lists(&self) {
         let extra = self.extra();
         if let Some(link_parent) = Self::link_parent(&self.parent, extra) {
-            let mut children = lock(&link_parent.children);
             // SAFETY: this node is live (we hold `&self`), and the only
             // child list it is ever linked into is its link parent's
             // (invariant 2), whose lock we hold.
-            unsafe { children.remove(NonNull::from(self)) };
+            link_parent
+                .state
+                .lock()
+                .with(|list| unsafe { list.remove(NonNull::from(self)) });
         }
         // Only nodes born with an `Extra` are in a merged list or have a
         // grace callback in their anchor's list.
@@ -575,7 +581,7 @@ unsafe impl Counted for Node {
         // No walk can take the callbacks any more (nobody can reach the
         // node), but a `stop()` may still look for them until revoked.
         let attached = self.attached_if_any().map(|attached| {
-            let _node = lock(&self.children);
+            let _node = self.state.lock();
             std::mem::replace(&mut *lock(attached), Attached::new())
         });
         if let Some(attached) = attached {
@@ -588,7 +594,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         // Invariant 3: every child and merged node held this one, so none is
         // left; `last_release` has taken the callbacks.
-        debug_assert!(crate::sync::get_mut(&mut self.children).is_empty());
+        debug_assert!(self.state.get_mut().is_empty());
         // The parents are let go of without recursion: a chain of nodes, or
         // of merges through second parents, drops in constant stack.
         release_one(std::mem::take(&mut self.parent));
@@ -646,13 +652,14 @@ fn link(parent: &Context, node: &NodeRef<Node>) {
     };
     // Invariant 6: a merged link parent registers before a child attaches.
     merge::join_second_parent(anchor);
-    let mut children = lock(&anchor.children);
-    // Invariant 5: flag, then link, under the link parent's lock.
-    match anchor.state.mark_dependent() {
+    // Invariant 5: flag (in the same read-modify-write that locks), then
+    // link, under the link parent's lock.
+    let (mut children, err) = anchor.state.lock_marking();
+    match err {
         // SAFETY: `node` is new, so in no child list; it stays live until
         // it leaves this list, which it does under this lock before it is
         // freed (invariants 2 and 4); this list is only used under this lock.
-        None => unsafe { children.push_front(NodeRef::as_ptr(node)) },
+        None => children.with(|list| unsafe { list.push_front(NodeRef::as_ptr(node)) }),
         Some(err) => {
             drop(children);
             node.state.finish(err, anchor.state.given_cause());
@@ -866,7 +873,7 @@ mod tests {
     #[cfg(target_pointer_width = "64")]
     fn a_cancellable_node_stays_small() {
         assert!(
-            std::mem::size_of::<super::Node>() <= 72,
+            std::mem::size_of::<super::Node>() <= 64,
             "Node grew to {} bytes",
             std::mem::size_of::<super::Node>()
         );

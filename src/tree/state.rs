@@ -1,9 +1,9 @@
-//! A node's state in one word: live or done, which error, the cause, and a
-//! few flags.
+//! A node's state in one word: live or done, which error, the cause, a
+//! few flags, and the node's lock.
 //!
 //! The word is an `AtomicPtr` to the cause record (on the heap, aligned to
-//! 32 bytes) with five tag bits in the low bits. Tags are set and cleared by
-//! pointer arithmetic that keeps the record's provenance, and read with a
+//! 128 bytes) with seven tag bits in the low bits. Tags are set and cleared
+//! by pointer arithmetic that keeps the record's provenance, and read with a
 //! pointer-to-integer cast: no integer is ever turned back into a pointer.
 //! One compare-and-swap moves the word from live to done, so the first
 //! reason wins and `err()` and `cause()` can never disagree or change.
@@ -13,11 +13,20 @@
 //! (`DEPENDENTS`), and carries one bit set at birth that it does not
 //! interpret (`AUX`): readers of a live word with that bit ask their caller
 //! instead.
+//!
+//! It is also a lock (`LOCKED`, and `PARKED` when a thread sleeps for it)
+//! over one value of the owner's choosing (a node's child list), so that
+//! taking the lock and setting `DEPENDENTS` is one read-modify-write. A
+//! finish never takes the lock: it changes the word under a lock holder's
+//! feet, keeping the lock bits, and whoever then takes the lock sees it.
+//! A thread that finds the lock held spins briefly, then sleeps in
+//! `park.rs` until the holder lets go.
 
 use std::ptr;
 
+use super::park;
 use crate::error::{Cause, Error};
-use crate::sync::{AtomicPtr, Ordering};
+use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
 
 /// Set once some `Done` or waiter has registered a listener on the node's
 /// event, so that a canceller only pays for a `notify` when somebody listens.
@@ -29,13 +38,27 @@ const DEADLINE: usize = 0b0_0100;
 const DEPENDENTS: usize = 0b0_1000;
 /// Set at birth, never changed, never interpreted here: see
 /// [`StateCell::err_or`].
-const AUX: usize = 0b1_0000;
+const AUX: usize = 0b001_0000;
+/// The lock is held.
+const LOCKED: usize = 0b010_0000;
+/// A thread sleeps (or is about to) until the lock is let go of.
+const PARKED: usize = 0b100_0000;
 const KIND: usize = CANCELED | DEADLINE;
-const TAGS: usize = 0b1_1111;
+/// The bits a finish keeps as they were.
+const KEPT: usize = LISTENED | DEPENDENTS | AUX | LOCKED | PARKED;
+const TAGS: usize = 0b111_1111;
+
+/// How many times a thread that finds the lock held looks again before it
+/// sleeps: holders only link, unlink or walk a list.
+#[cfg(not(loom))]
+const SPINS: u32 = 64;
+/// Under loom a spin is only more interleavings: sleep at once.
+#[cfg(loom)]
+const SPINS: u32 = 0;
 
 /// The cause of a finished node, on the heap so that a pointer to it fits in
-/// the state word beside the tag bits (hence the alignment of 32).
-#[repr(align(32))]
+/// the state word beside the tag bits (hence the alignment of 128).
+#[repr(align(128))]
 struct CauseRecord(Cause);
 
 /// What the winner of a finish must still do for the node.
@@ -89,17 +112,165 @@ fn decode(word: *mut CauseRecord) -> Option<Error> {
     }
 }
 
-/// A node's state word.
-pub(crate) struct StateCell {
+/// A node's state word, and the value its lock guards.
+pub(crate) struct StateCell<T> {
     word: AtomicPtr<CauseRecord>,
+    /// Touched only through a [`Guard`] or `&mut self`.
+    data: UnsafeCell<T>,
 }
 
-impl StateCell {
-    /// A live state; `aux` sets the uninterpreted bit for good.
-    pub(crate) fn new(aux: bool) -> StateCell {
+// SAFETY: as for a mutex: `data` is reached from a shared cell only through
+// a `Guard`, and the lock lets one guard exist at a time, so sharing the
+// cell hands `T` from thread to thread but never to two at once: `T: Send`
+// suffices. The cause record is `Send + Sync` (`Cause` is).
+unsafe impl<T: Send> Sync for StateCell<T> {}
+// SAFETY: as above; the word owns the record, which is `Send`.
+unsafe impl<T: Send> Send for StateCell<T> {}
+
+/// The lock of a [`StateCell`], held: gives access to the value it guards.
+pub(crate) struct Guard<'a, T> {
+    cell: &'a StateCell<T>,
+    /// The word as the locking CAS wrote it.
+    word: *mut CauseRecord,
+}
+
+impl<T> StateCell<T> {
+    /// A live, unlocked state guarding `data`; `aux` sets the uninterpreted
+    /// bit for good.
+    pub(crate) fn new(aux: bool, data: T) -> StateCell<T> {
         StateCell {
             word: AtomicPtr::new(tagged(ptr::null_mut(), if aux { AUX } else { 0 })),
+            data: UnsafeCell::new(data),
         }
+    }
+
+    /// Takes the lock.
+    #[inline]
+    pub(crate) fn lock(&self) -> Guard<'_, T> {
+        self.lock_with(false)
+    }
+
+    /// Takes the lock and, in the same read-modify-write, records that
+    /// something is about to be attached; also returns the error if the
+    /// state was already done then, in which case the flag is not set and
+    /// the caller must not attach (no canceller would visit it). A finish
+    /// that comes later sees the flag, and visits under this lock.
+    #[inline]
+    pub(crate) fn lock_marking(&self) -> (Guard<'_, T>, Option<Error>) {
+        let guard = self.lock_with(true);
+        // The locking CAS only added bits: the kind is as it was then.
+        let err = decode(guard.word);
+        (guard, err)
+    }
+
+    /// The value, for the owner of the cell.
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        // SAFETY: `&mut self`: no guard exists, and none can be made.
+        self.data.with_mut(|data| unsafe { &mut *data })
+    }
+
+    #[inline]
+    fn lock_with(&self, mark: bool) -> Guard<'_, T> {
+        let word = match self.cas_lock(self.word.load(Ordering::Relaxed), mark) {
+            Some(word) => word,
+            None => self.lock_slow(mark),
+        };
+        Guard { cell: self, word }
+    }
+
+    /// Locks by a CAS from `current`, if that is an unlocked word; with
+    /// `mark`, sets `DEPENDENTS` too if the state is live. Returns the word
+    /// it wrote.
+    #[inline]
+    fn cas_lock(&self, current: *mut CauseRecord, mark: bool) -> Option<*mut CauseRecord> {
+        if tags(current) & LOCKED != 0 {
+            return None;
+        }
+        let mut add = LOCKED;
+        if mark && tags(current) & (KIND | DEPENDENTS) == 0 {
+            add |= DEPENDENTS;
+        }
+        let locked = tagged(current, add);
+        // Acquire: what the last holder did under the lock happens before
+        // what we do. Release: the flag pairs with the finishing CAS, as in
+        // `mark`, a read-modify-write of this same word.
+        self.word
+            .compare_exchange_weak(current, locked, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| locked)
+    }
+
+    /// Spins a little, then sleeps until the lock is free, and takes it.
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(&self, mark: bool) -> *mut CauseRecord {
+        let mut spins_left = SPINS;
+        loop {
+            let current = self.word.load(Ordering::Relaxed);
+            if tags(current) & LOCKED == 0 {
+                match self.cas_lock(current, mark) {
+                    Some(word) => return word,
+                    None => continue,
+                }
+            }
+            if spins_left > 0 && tags(current) & PARKED == 0 {
+                spins_left -= 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            // Ask the holder to wake us when it lets go: it clears `PARKED`
+            // as it unlocks and then wakes this key's sleepers.
+            if tags(current) & PARKED == 0
+                && self
+                    .word
+                    .compare_exchange_weak(
+                        current,
+                        tagged(current, PARKED),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+            {
+                continue;
+            }
+            park::wait_while(self.key(), || {
+                tags(self.word.load(Ordering::Relaxed)) & (LOCKED | PARKED) == LOCKED | PARKED
+            });
+        }
+    }
+
+    /// Lets go of the lock, waking the sleepers if any. `current` is the
+    /// word as the locker left it, the likely value now.
+    #[inline]
+    fn unlock(&self, mut current: *mut CauseRecord) {
+        loop {
+            let unlocked = tagged(record(current), tags(current) & !(LOCKED | PARKED));
+            // Release: what we did under the lock happens before what the
+            // next holder does.
+            match self.word.compare_exchange_weak(
+                current,
+                unlocked,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        if tags(current) & PARKED != 0 {
+            self.wake();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake(&self) {
+        park::wake_all(self.key());
+    }
+
+    /// Where sleepers for this lock wait: the cell's address.
+    fn key(&self) -> usize {
+        self as *const Self as usize
     }
 
     /// Moves the state from live to done with `err` and `cause`. Returns
@@ -142,7 +313,7 @@ impl StateCell {
                 }
                 return None;
             }
-            let flags = tags(current) & (LISTENED | DEPENDENTS | AUX);
+            let flags = tags(current) & KEPT;
             // AcqRel: pairs with `mark`, a read-modify-write of this same
             // word: whichever comes second sees the other. Release also
             // publishes the record to every Acquire reader of the word.
@@ -260,7 +431,26 @@ impl StateCell {
     }
 }
 
-impl Drop for StateCell {
+impl<T> Guard<'_, T> {
+    /// Calls `f` with the guarded value.
+    #[inline]
+    pub(crate) fn with<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: this guard holds the lock, so no other guard exists and
+        // no `&mut` to the cell does (one would forbid our `&`): the value
+        // is ours alone until the guard is dropped, and the reference does
+        // not outlive this call.
+        self.cell.data.with_mut(|data| f(unsafe { &mut *data }))
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.cell.unlock(self.word);
+    }
+}
+
+impl<T> Drop for StateCell<T> {
     fn drop(&mut self) {
         #[cfg(not(loom))]
         let word = *self.word.get_mut();
@@ -287,7 +477,7 @@ mod tests {
 
     #[test]
     fn first_finish_wins_and_keeps_its_cause() {
-        let s = StateCell::new(false);
+        let s = StateCell::new(false, ());
         assert_eq!(s.err(), None);
         assert!(s.reason().is_none());
         let f = s.finish(Error::DeadlineExceeded, Some(cause("first")));
@@ -303,7 +493,7 @@ mod tests {
 
     #[test]
     fn finish_without_cause() {
-        let s = StateCell::new(false);
+        let s = StateCell::new(false, ());
         assert!(s.finish(Error::Canceled, None).is_some());
         assert_eq!(s.err(), Some(Error::Canceled));
         assert!(s.given_cause().is_none());
@@ -311,7 +501,7 @@ mod tests {
 
     #[test]
     fn flags_are_reported_to_the_winner() {
-        let s = StateCell::new(false);
+        let s = StateCell::new(false, ());
         assert_eq!(s.mark_listened(), None);
         assert_eq!(s.mark_listened(), None);
         assert!(!s.has_dependents());
@@ -331,7 +521,7 @@ mod tests {
 
     #[test]
     fn bare_finish_when_nothing_is_attached() {
-        let s = StateCell::new(false);
+        let s = StateCell::new(false, ());
         assert!(s.finish_bare(Error::DeadlineExceeded, Some(cause("bare"))));
         assert_eq!(s.err(), Some(Error::DeadlineExceeded));
         assert_eq!(s.given_cause().unwrap().to_string(), "bare");
@@ -339,11 +529,11 @@ mod tests {
 
     #[test]
     fn aux_bit_asks_the_caller_only_while_live() {
-        let plain = StateCell::new(false);
+        let plain = StateCell::new(false, ());
         assert_eq!(plain.err_or(|| unreachable!()), None);
         assert!(!plain.is_done_or(|| unreachable!()));
 
-        let aux = StateCell::new(true);
+        let aux = StateCell::new(true, ());
         assert_eq!(aux.err(), None);
         assert_eq!(
             aux.err_or(|| Some(Error::DeadlineExceeded)),
@@ -367,7 +557,7 @@ mod tests {
         let rounds = if cfg!(miri) { 5 } else { 500 };
         let threads = 3;
         for _ in 0..rounds {
-            let s = Arc::new(StateCell::new(false));
+            let s = Arc::new(StateCell::new(false, ()));
             let barrier = Arc::new(Barrier::new(threads));
             let handles: Vec<_> = (0..threads)
                 .map(|i| {
@@ -391,6 +581,101 @@ mod tests {
         }
     }
 
+    /// Threads that take the lock in turn and change the value under it
+    /// with a yield in between: no change is lost. With the yield, waiters
+    /// find the lock held, spin, and sleep (`PARKED`).
+    #[test]
+    fn lock_excludes_across_threads() {
+        let (threads, rounds) = if cfg!(miri) { (3, 20) } else { (4, 2_000) };
+        let s = Arc::new(StateCell::new(false, 0usize));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..rounds {
+                        let mut guard = s.lock();
+                        let seen = guard.with(|n| *n);
+                        std::thread::yield_now();
+                        guard.with(|n| *n = seen + 1);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(s.lock().with(|n| *n), threads * rounds);
+        assert_eq!(tags(s.word.load(Ordering::Relaxed)) & (LOCKED | PARKED), 0);
+    }
+
+    /// A thread that waits long enough sleeps, and the holder wakes it when
+    /// it lets go.
+    #[test]
+    fn a_sleeper_is_woken_when_the_lock_is_let_go() {
+        let s = Arc::new(StateCell::new(false, 0usize));
+        let mut guard = s.lock();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.lock().with(|n| *n));
+        // Wait for the other thread to ask to be woken: a signal, not a
+        // sleep of a guessed length.
+        while tags(s.word.load(Ordering::Relaxed)) & PARKED == 0 {
+            std::thread::yield_now();
+        }
+        guard.with(|n| *n = 7);
+        drop(guard);
+        assert_eq!(t.join().unwrap(), 7);
+        assert_eq!(tags(s.word.load(Ordering::Relaxed)) & (LOCKED | PARKED), 0);
+    }
+
+    /// Locking with a mark sets `DEPENDENTS` only on a live state, and
+    /// reports a done one; a finish under a held lock keeps the lock and
+    /// reports the flag.
+    #[test]
+    fn lock_marking_and_finish_share_the_word() {
+        let s = StateCell::new(false, ());
+        {
+            let (_guard, err) = s.lock_marking();
+            assert_eq!(err, None);
+            assert!(s.has_dependents());
+            let f = s.finish(Error::Canceled, Some(cause("held"))).unwrap();
+            assert!(f.dependents && !f.listened);
+            assert_ne!(tags(s.word.load(Ordering::Relaxed)) & LOCKED, 0);
+        }
+        assert_eq!(tags(s.word.load(Ordering::Relaxed)) & LOCKED, 0);
+        assert_eq!(s.given_cause().unwrap().to_string(), "held");
+        let (_guard, err) = s.lock_marking();
+        assert_eq!(err, Some(Error::Canceled));
+
+        let done = StateCell::new(false, ());
+        assert!(done.finish(Error::DeadlineExceeded, None).is_some());
+        let (guard, err) = done.lock_marking();
+        assert_eq!(err, Some(Error::DeadlineExceeded));
+        drop(guard);
+        assert!(!done.has_dependents(), "a done state is not flagged");
+    }
+
+    /// Locks with marks and finishes racing on threads: either the locker
+    /// saw the state done, or the finisher saw the flag (invariant 5 of the
+    /// tree, when one CAS both locks and flags).
+    #[test]
+    fn lock_marking_and_finish_see_each_other() {
+        let rounds = if cfg!(miri) { 10 } else { 1_000 };
+        for _ in 0..rounds {
+            let s = Arc::new(StateCell::new(false, ()));
+            let barrier = Arc::new(Barrier::new(2));
+            let (s2, b2) = (s.clone(), barrier.clone());
+            let t = std::thread::spawn(move || {
+                b2.wait();
+                let (_guard, err) = s2.lock_marking();
+                err
+            });
+            barrier.wait();
+            let finish = s.finish(Error::Canceled, None).unwrap();
+            let seen = t.join().unwrap();
+            assert!(finish.dependents || seen == Some(Error::Canceled));
+        }
+    }
+
     /// A listener flag set while another thread finishes: either the mark
     /// sees the state done, or the winner sees the flag (the protocol that
     /// keeps `Done` from losing a wakeup).
@@ -398,7 +683,7 @@ mod tests {
     fn mark_and_finish_see_each_other() {
         let rounds = if cfg!(miri) { 10 } else { 1_000 };
         for _ in 0..rounds {
-            let s = Arc::new(StateCell::new(false));
+            let s = Arc::new(StateCell::new(false, ()));
             let barrier = Arc::new(Barrier::new(2));
             let (s2, b2) = (s.clone(), barrier.clone());
             let t = std::thread::spawn(move || {

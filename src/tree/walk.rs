@@ -139,10 +139,12 @@ impl Walk {
             }
         };
         let callbacks = {
-            let children = lock(&node.children);
-            for child in children.iter() {
-                self.reach(child, reason, Path::Child);
-            }
+            let mut children = node.state.lock();
+            children.with(|list| {
+                for child in list.iter() {
+                    self.reach(child, reason, Path::Child);
+                }
+            });
             match node.attached_if_any() {
                 Some(attached) => {
                     let mut attached = lock(attached);
