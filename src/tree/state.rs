@@ -654,11 +654,13 @@ mod tests {
         assert!(!done.has_dependents(), "a done state is not flagged");
     }
 
-    /// Locks with marks and finishes racing on threads: either the locker
-    /// saw the state done, or the finisher saw the flag (invariant 5 of the
-    /// tree, when one CAS both locks and flags).
-    #[test]
-    fn lock_marking_and_finish_see_each_other() {
+    /// Races `mark` (on a spawned thread) against a finish, many times:
+    /// either the marker saw the state done, or the finisher saw the flag
+    /// that `flag` picks out of its `Finish`.
+    fn race_mark_against_finish(
+        mark: fn(&StateCell<()>) -> Option<Error>,
+        flag: fn(Finish) -> bool,
+    ) {
         let rounds = if cfg!(miri) { 10 } else { 1_000 };
         for _ in 0..rounds {
             let s = Arc::new(StateCell::new(false, ()));
@@ -666,34 +668,26 @@ mod tests {
             let (s2, b2) = (s.clone(), barrier.clone());
             let t = std::thread::spawn(move || {
                 b2.wait();
-                let (_guard, err) = s2.lock_marking();
-                err
+                mark(&s2)
             });
             barrier.wait();
             let finish = s.finish(Error::Canceled, None).unwrap();
             let seen = t.join().unwrap();
-            assert!(finish.dependents || seen == Some(Error::Canceled));
+            assert!(flag(finish) || seen == Some(Error::Canceled));
         }
     }
 
-    /// A listener flag set while another thread finishes: either the mark
-    /// sees the state done, or the winner sees the flag (the protocol that
-    /// keeps `Done` from losing a wakeup).
+    /// Locks with marks against finishes: invariant 5 of the tree, when one
+    /// CAS both locks and flags.
+    #[test]
+    fn lock_marking_and_finish_see_each_other() {
+        race_mark_against_finish(|s| s.lock_marking().1, |f| f.dependents);
+    }
+
+    /// A listener flag against a finish: the protocol that keeps `Done`
+    /// from losing a wakeup.
     #[test]
     fn mark_and_finish_see_each_other() {
-        let rounds = if cfg!(miri) { 10 } else { 1_000 };
-        for _ in 0..rounds {
-            let s = Arc::new(StateCell::new(false, ()));
-            let barrier = Arc::new(Barrier::new(2));
-            let (s2, b2) = (s.clone(), barrier.clone());
-            let t = std::thread::spawn(move || {
-                b2.wait();
-                s2.mark_listened()
-            });
-            barrier.wait();
-            let finish = s.finish(Error::Canceled, None).unwrap();
-            let seen = t.join().unwrap();
-            assert!(finish.listened || seen == Some(Error::Canceled));
-        }
+        race_mark_against_finish(StateCell::mark_listened, |f| f.listened);
     }
 }
