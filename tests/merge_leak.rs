@@ -239,6 +239,12 @@ fn merging_allocates_what_with_cancel_does() {
          merge(live) {live_o} ({live_bytes} B)"
     );
     assert_eq!(with_cancel, 1, "with_cancel allocates its node only");
+    // `background()` can never be done: the merged node is a plain node
+    // with a mark, no out-of-line part.
+    assert_eq!(
+        bg_bytes, with_cancel_bytes,
+        "merge(background) holds {bg_bytes} B, with_cancel {with_cancel_bytes} B"
+    );
     // The second parent lives in the same allocation as the node, right
     // after it (so that nodes without one stay small), and a live one links
     // the child into an intrusive list: no allocation of its own.

@@ -38,15 +38,17 @@ fn allocate<T>() -> NonNull<T> {
     unsafe { NonNull::new_unchecked(raw) }
 }
 
-/// Two handles to a plain node, which `make` builds from its (empty)
+/// Two handles to a plain node, which `make` builds from `rare`, its empty
 /// out-of-line part.
 #[inline]
 pub(super) fn plain_pair(
     make: impl FnOnce(OnceBox<Rare>) -> Node,
+    rare: OnceBox<Rare>,
 ) -> (NodeRef<Node>, NodeRef<Node>) {
+    debug_assert!(rare.get().is_none() && !rare.is_borrowed());
     let node = allocate::<Node>();
     // SAFETY: fresh memory for a `Node`, written once before anyone sees it.
-    unsafe { ptr::write(node.as_ptr(), make(OnceBox::new(None))) };
+    unsafe { ptr::write(node.as_ptr(), make(rare)) };
     // SAFETY: a new node, not shared yet, with a fresh count (`make`'s), at
     // the start of a `Box<Node>`'s allocation, which `free` frees as one
     // (its `rare` is not borrowed); `node` has the allocation's provenance.

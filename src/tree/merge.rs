@@ -15,6 +15,10 @@
 //! parent's lock, and one that registered leaves the list when dropped:
 //! nothing stays on the second parent either way.
 //!
+//! A node merged with `background()`, which can never be done, is a plain
+//! child of its first parent with one mark (for `Display`): there is
+//! nothing to register on, no deadline to take and no reason to prefer.
+//!
 //! # Invariant 6 (of `tree/mod.rs`)
 //!
 //! * A merged node registers on its second parent before anything is
@@ -42,7 +46,7 @@ use super::drop_chain::release_one;
 use super::list::{Link, Pointers};
 use super::node_ref::NodeRef;
 use super::state::Finish;
-use super::{link, Extra, Node, Role};
+use super::{link, Extra, Node, Repr, Role, Shape};
 use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::sync::{lock, AtomicBool, Ordering};
@@ -104,9 +108,25 @@ unsafe impl Link for MergedLink {
     }
 }
 
+/// The second parent of every node merged with `background()`, for
+/// `Display`: such a node keeps no second parent of its own.
+pub(super) static BACKGROUND: Context = Context {
+    repr: Repr::background(),
+};
+
 /// Derives the child of `first` that is also done when `second` is.
 /// Returns its two handles.
 pub(crate) fn derive_merged(first: &Context, second: &Context) -> (NodeRef<Node>, NodeRef<Node>) {
+    if let Shape::Background = second.repr.shape() {
+        // `background()` is never done, has no deadline and no values (a
+        // merged node reads its first parent's anyway): the node is a plain
+        // child of `first`, without the out-of-line part of other merged
+        // nodes, that only remembers, for `Display`, what it was merged
+        // with (a bit of its `rare` word).
+        let (node, handle) = Node::new_pair_merged_with_background(first);
+        link(first, &node);
+        return (node, handle);
+    }
     // Without a deadline on the second path, the first parent's is the
     // node's: it asks its parent, as a plain node does, and nobody walks up
     // now. Otherwise it keeps the earlier of the two.

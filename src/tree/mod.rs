@@ -341,6 +341,21 @@ unsafe impl Link for ChildLink {
 impl Node {
     #[inline]
     fn new_pair(parent: &Context, extra: Option<Extra>) -> (NodeRef<Node>, NodeRef<Node>) {
+        Self::new_pair_in(parent, extra, false)
+    }
+
+    /// A plain child of `parent` marked as merged with `background()`
+    /// (`merge.rs`): its `rare` carries the mark.
+    fn new_pair_merged_with_background(parent: &Context) -> (NodeRef<Node>, NodeRef<Node>) {
+        Self::new_pair_in(parent, None, true)
+    }
+
+    #[inline]
+    fn new_pair_in(
+        parent: &Context,
+        extra: Option<Extra>,
+        merged_with_background: bool,
+    ) -> (NodeRef<Node>, NodeRef<Node>) {
         let aux = extra
             .as_ref()
             .and_then(Extra::merge)
@@ -354,7 +369,8 @@ impl Node {
             rare,
         };
         match extra {
-            None => alloc::plain_pair(make),
+            None if merged_with_background => alloc::plain_pair(make, OnceBox::new_marked()),
+            None => alloc::plain_pair(make, OnceBox::new(None)),
             // One allocation for the node and its out-of-line part.
             Some(extra) => alloc::wide_pair(make, extra),
         }
@@ -434,6 +450,9 @@ impl Node {
     }
 
     pub(crate) fn kind(&self) -> Kind<'_> {
+        if self.rare.marked() {
+            return Kind::Merge(&merge::BACKGROUND);
+        }
         if let Some(grace) = self.grace() {
             return Kind::Grace(grace.period);
         }

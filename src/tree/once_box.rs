@@ -14,6 +14,10 @@
 //! own, in memory its owner manages (the rest of the node's allocation):
 //! the word then carries a tag bit, and the `OnceBox` never frees it.
 //!
+//! The word carries one more bit, set at birth and never changed, that the
+//! `OnceBox` does not interpret ([`marked`](OnceBox::marked)): a node
+//! keeps there a fact it has no other room for.
+//!
 //! This module knows nothing of the tree.
 
 use std::marker::PhantomData;
@@ -23,6 +27,9 @@ use crate::sync::{AtomicPtr, Ordering};
 
 /// Set in the word when the value is not the `OnceBox`'s to free.
 const BORROWED: usize = 1;
+/// Set at birth, never changed, never interpreted here.
+const MARK: usize = 2;
+const TAGS: usize = BORROWED | MARK;
 
 /// A `Box<T>`, set at most once, readable from any thread.
 pub(crate) struct OnceBox<T> {
@@ -39,14 +46,34 @@ unsafe impl<T: Send> Send for OnceBox<T> {}
 unsafe impl<T: Send + Sync> Sync for OnceBox<T> {}
 
 impl<T> OnceBox<T> {
-    const TAG_FITS: () = assert!(std::mem::align_of::<T>() > BORROWED, "tag bit taken");
+    const TAGS_FIT: () = assert!(std::mem::align_of::<T>() > TAGS, "tag bits taken");
 
     /// A `OnceBox` holding `value`, or nothing yet.
     pub(crate) fn new(value: Option<Box<T>>) -> OnceBox<T> {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::TAGS_FIT;
         OnceBox {
             ptr: AtomicPtr::new(value.map_or(ptr::null_mut(), Box::into_raw)),
             _owns: PhantomData,
         }
+    }
+
+    /// An empty `OnceBox` whose [`marked`](Self::marked) bit is set.
+    pub(crate) fn new_marked() -> OnceBox<T> {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::TAGS_FIT;
+        OnceBox {
+            // An address with no provenance: it is never dereferenced.
+            ptr: AtomicPtr::new(ptr::null_mut::<u8>().wrapping_add(MARK).cast()),
+            _owns: PhantomData,
+        }
+    }
+
+    /// Whether it was born with the mark ([`new_marked`](Self::new_marked)).
+    #[inline]
+    pub(crate) fn marked(&self) -> bool {
+        // A pointer-to-integer cast: reads the tag, exposes nothing.
+        self.ptr.load(Ordering::Relaxed) as usize & MARK != 0
     }
 
     /// A `OnceBox` holding the value at `value`, which it never frees.
@@ -60,7 +87,7 @@ impl<T> OnceBox<T> {
         // `T` is aligned to at least 2 (checked at compile time), so the tag
         // bit is free; set by pointer arithmetic, which keeps the provenance.
         #[allow(clippy::let_unit_value)]
-        let () = Self::TAG_FITS;
+        let () = Self::TAGS_FIT;
         OnceBox {
             ptr: AtomicPtr::new(value.as_ptr().cast::<u8>().wrapping_add(BORROWED).cast()),
             _owns: PhantomData,
@@ -90,13 +117,18 @@ impl<T> OnceBox<T> {
 
     /// The value, set to `make()` first if it was not set.
     pub(crate) fn get_or_init(&self, make: impl FnOnce() -> Box<T>) -> &T {
-        if let Some(value) = self.get() {
+        // Acquire: as in `get`.
+        let empty = self.ptr.load(Ordering::Acquire);
+        // SAFETY: as in `get`.
+        if let Some(value) = unsafe { untagged(empty).as_ref() } {
             return value;
         }
         let new = Box::into_raw(make());
+        // Keeps the mark: the word is empty, so its only tag is that.
+        let word = new.cast::<u8>().wrapping_add(empty as usize & MARK).cast();
         match self
             .ptr
-            .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(empty, word, Ordering::AcqRel, Ordering::Acquire)
         {
             // SAFETY: published by this CAS, never replaced, freed only by
             // `drop` (`&mut self`), as in `get`.
@@ -105,10 +137,11 @@ impl<T> OnceBox<T> {
                 // SAFETY: `new` came from `Box::into_raw` above and was never
                 // published: this is its only owner.
                 drop(unsafe { Box::from_raw(new) });
-                // SAFETY: `won` is the published box (non-null: the CAS
-                // failed against null), visible through the Acquire on
-                // failure; valid as in `get`.
-                unsafe { &*won }
+                // SAFETY: the word changed from empty, and is only ever set
+                // once, so `won` holds the published box (non-null once
+                // untagged), visible through the Acquire on failure; valid
+                // as in `get`.
+                unsafe { &*untagged(won) }
             }
         }
     }
@@ -122,19 +155,18 @@ impl<T> OnceBox<T> {
     }
 }
 
-/// The pointer in a word, without its tag, provenance intact.
+/// The pointer in a word, without its tags, provenance intact.
 #[inline]
 fn untagged<T>(word: *mut T) -> *mut T {
-    word.cast::<u8>()
-        .wrapping_sub(word as usize & BORROWED)
-        .cast()
+    word.cast::<u8>().wrapping_sub(word as usize & TAGS).cast()
 }
 
 impl<T> Drop for OnceBox<T> {
     fn drop(&mut self) {
-        let ptr = self.load_mut();
+        let word = self.load_mut();
+        let ptr = untagged(word);
         // A borrowed value is its owner's to drop.
-        if !ptr.is_null() && ptr as usize & BORROWED == 0 {
+        if !ptr.is_null() && word as usize & BORROWED == 0 {
             // SAFETY: the pointer came from `Box::into_raw` and is owned by
             // `self` alone; `&mut self` means nobody reads it any more.
             drop(unsafe { Box::from_raw(ptr) });
@@ -189,6 +221,23 @@ mod tests {
         assert!(!OnceBox::<u64>::new(Some(Box::new(1))).is_borrowed());
     }
 
+    /// The mark is kept through a first use, which sets the value as usual,
+    /// and never read as a pointer.
+    #[test]
+    fn the_mark_survives_the_first_use() {
+        let drops = Arc::new(StdAtomicUsize::new(0));
+        let cell = OnceBox::<Counted>::new_marked();
+        assert!(cell.marked() && !cell.is_borrowed());
+        assert!(cell.get().is_none());
+        cell.get_or_init(|| Box::new(Counted(drops.clone())));
+        assert!(cell.marked() && cell.get().is_some());
+        cell.get_or_init(|| unreachable!());
+        drop(cell);
+        assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!OnceBox::<Counted>::new(None).marked());
+        assert!(OnceBox::<Counted>::new_marked().get().is_none());
+    }
+
     /// Threads racing to set it: one value wins, every thread sees that
     /// one, and the losers' values (from threads that found it unset and
     /// made one) are dropped at once.
@@ -198,7 +247,8 @@ mod tests {
         for _ in 0..if cfg!(miri) { 4 } else { 200 } {
             let drops = Arc::new(StdAtomicUsize::new(0));
             let made = Arc::new(StdAtomicUsize::new(0));
-            let cell = Arc::new(OnceBox::<(usize, Counted)>::new(None));
+            // Marked, so that the race also keeps the mark.
+            let cell = Arc::new(OnceBox::<(usize, Counted)>::new_marked());
             let barrier = Arc::new(Barrier::new(threads));
             let seen: Vec<usize> = (0..threads)
                 .map(|i| {
@@ -219,6 +269,7 @@ mod tests {
                 .collect();
             assert!(seen.iter().all(|&s| s == seen[0]));
             assert_eq!(cell.get().map(|v| v.0), Some(seen[0]));
+            assert!(cell.marked());
             let made = made.load(std::sync::atomic::Ordering::SeqCst);
             assert!(made >= 1);
             assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), made - 1);

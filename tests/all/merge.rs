@@ -380,6 +380,48 @@ fn after_func_on_a_born_done_merged_child_runs_at_once() {
     assert!(!handle.stop());
 }
 
+/// A node merged with `background()` is a plain child with a mark: it
+/// behaves as any merged node with a never-done other, and `Display` keeps
+/// showing the merge after its out-of-line part is made on first use (a
+/// callback) and once it is done.
+#[test]
+fn merged_with_background_is_a_plain_child_that_remembers_the_merge() {
+    let (a, cancel_a) = Context::background().with_value(7u8).with_cancel();
+    let (m, cm) = a.merge(&Context::background());
+    let shown = "context.Background.WithValue(u8).WithCancel.Merge(context.Background)";
+    assert_eq!(m.to_string(), shown);
+    assert_eq!(m.value::<u8>(), Some(&7));
+    assert_eq!(m.deadline(), None);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let _handle = m.after_func(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    assert_eq!(m.to_string(), shown, "after a callback made its tail");
+    let (child, _cc) = m.with_cancel();
+    assert_eq!(child.to_string(), format!("{shown}.WithCancel"));
+    assert_live("merged with background", &m);
+    cancel_a.cancel_with_cause(my_cause(1));
+    assert_eq!(m.err(), Some(Error::Canceled));
+    assert_eq!(cause_id(&m), Some(1));
+    assert_eq!(child.err(), Some(Error::Canceled));
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(m.to_string(), shown);
+    drop(cm);
+
+    // Its own canceller, and a merge of a merge.
+    let (b, _cb) = Context::background().with_cancel();
+    let (m2, cm2) = b.merge(&Context::background());
+    let (m3, _c3) = m2.merge(&Context::background());
+    assert_eq!(
+        m3.to_string(),
+        "context.Background.WithCancel.Merge(context.Background).Merge(context.Background)"
+    );
+    cm2.cancel();
+    assert!(m2.is_done() && m3.is_done());
+    assert!(!b.is_done());
+}
+
 #[test]
 fn other_that_can_never_be_done_leaves_only_self_and_own_canceller() {
     let (source, cancel_source) = Context::background().with_cancel();
