@@ -84,8 +84,9 @@ impl<T> OnceBox<T> {
     /// outlives the `OnceBox` and that nothing writes to or makes `&mut` to
     /// while the `OnceBox` lives. Its owner drops it.
     pub(crate) unsafe fn borrowed(value: NonNull<T>) -> OnceBox<T> {
-        // `T` is aligned to at least 2 (checked at compile time), so the tag
-        // bit is free; set by pointer arithmetic, which keeps the provenance.
+        // `T` is aligned to at least 4 (checked at compile time), so the tag
+        // bits are free; set by pointer arithmetic, which keeps the
+        // provenance.
         #[allow(clippy::let_unit_value)]
         let () = Self::TAGS_FIT;
         OnceBox {
