@@ -4,7 +4,8 @@
 //! handle during a cancel, `after_func` and `stop()` against a cancel and a
 //! last drop, siblings dropped and cancelled while their parent is,
 //! clones dropped on several threads at once, deriving while the parent is
-//! cancelled, and two cancels with different causes.
+//! cancelled, links and last drops waiting for a wide node's lock while its
+//! walk holds it, and two cancels with different causes.
 //!
 //! Each test is a loop of rounds. In a round the racing parties start
 //! together from a barrier (natively, each also spins a different short
@@ -596,6 +597,57 @@ fn clones_dropped_on_several_threads_vs_parent_cancel() {
             assert_eq!(parent.err(), Some(Error::Canceled));
             assert_eq!(count(&drops), 1, "round {round}: freed once");
             cb.assert_settled(&format!("round {round}: callback"), None);
+        }
+    });
+}
+
+/// A wide node's lock contended while its cancel walk holds it: one thread
+/// drops half of its children (each last drop takes the parent's lock to
+/// leave its list), another derives new children (each link takes it
+/// too), and the cancel walks the list under it. Threads that find the
+/// lock held spin, then sleep until the holder lets go (a lost wake-up
+/// would hang the round: the watchdog fails it). Afterwards every child
+/// kept or derived is done with the parent's reason, each dropped value
+/// was freed once, and the list is whole (a late child is born done).
+#[test]
+fn links_and_last_drops_wait_for_a_long_walk() {
+    watchdog("links_and_last_drops_wait_for_a_long_walk", || {
+        let width = if cfg!(miri) { 12 } else { shrunk(2_000, 100) };
+        for round in 0..rounds().div_ceil(10) {
+            let (parent, cancel) = root();
+            let drops = counter();
+            let mut kept = Vec::new();
+            let mut dropped = Vec::new();
+            for i in 0..width {
+                let child = parent.with_value(DropProbe(drops.clone())).with_cancel();
+                if i % 2 == 0 {
+                    kept.push(child);
+                } else {
+                    dropped.push(child);
+                }
+            }
+            let derived = Mutex::new(Vec::new());
+            let p = parent.clone();
+            race(
+                round,
+                vec![
+                    party(move || drop(dropped)),
+                    party(|| {
+                        let mut derived = derived.lock().unwrap();
+                        for _ in 0..width / 2 {
+                            derived.push(p.with_cancel());
+                        }
+                    }),
+                    party(|| cancel.cancel_with_cause(cause("wide"))),
+                ],
+            );
+            assert_eq!(count(&drops), width / 2, "round {round}: dropped once");
+            for (child, _) in kept.iter().chain(derived.lock().unwrap().iter()) {
+                assert_eq!(reason(child), canceled("wide"), "round {round}");
+            }
+            assert!(parent.with_cancel().0.is_done());
+            drop(kept);
+            assert_eq!(count(&drops), width, "round {round}: all freed");
         }
     });
 }
